@@ -1,0 +1,29 @@
+# The whole set-up: `make demo` runs the main job on the embedded shapes world, `make test` runs the tests.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+# The torch build that lies on this machine's disk (open_clip needs torchvision beside it).
+TORCH := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: install test test-gpu demo clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: setup.py
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH)
+	$(PIP) install -q -e '.[dev]'
+	touch $@
+
+test: install
+	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q -m "not gpu" tests
+
+test-gpu: install
+	$(PY) -m pytest -q -m gpu tests
+
+demo: install
+	$(PY) -m vlrm_jax.world.demo --workdir runs/shapes
+
+clean:
+	rm -rf $(VENV) runs

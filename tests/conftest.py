@@ -1,0 +1,22 @@
+"""Test session set-up shared by every test.
+
+Two facts of the environment shape this file:
+- importing tensorflow before torchvision in one process crashes, so torchvision (when present) is
+  imported first, before any test module can pull in tensorflow;
+- mesh tests need several devices, so the CPU backend is split into 8 before jax starts.
+"""
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+try:  # order matters: see the module docstring
+    import torchvision  # noqa: F401
+except ImportError:
+    pass
+
+import jax  # noqa: E402
+
+jax.config.update("jax_default_matmul_precision", "highest")
