@@ -1,0 +1,1 @@
+"""Weight conversion between PyTorch checkpoints (transformers, open_clip) and vlrm_jax folders."""

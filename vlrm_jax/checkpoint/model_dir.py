@@ -1,0 +1,168 @@
+"""The model folder: what `convert.*` writes and `vlrm_jax.*.load` reads.
+
+    DIR/config.json      {"kind": ..., "format_version": 1, "model": {...}}  (this package's config)
+    DIR/params/          orbax checkpoint of the parameters (nested dict, string keys)
+    DIR/hf_config.json   the source transformers config, kept for the way back (optional)
+    DIR/<tokenizer and processor files>
+
+Parameters are addressed by flat paths (tuples of str/int, as `nnx.to_flat_state` gives them).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from typing import Any, Iterator
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+PARAMS_DIR = "params"
+HF_CONFIG_FILE = "hf_config.json"
+
+Path = tuple
+
+
+def _key(k) -> str:
+    return str(k)
+
+
+def nest(flat: dict[Path, Any]) -> dict:
+    """{("a", 0, "b"): x} -> {"a": {"0": {"b": x}}} (orbax wants string keys)."""
+    tree: dict = {}
+    for path, value in flat.items():
+        node = tree
+        for k in path[:-1]:
+            node = node.setdefault(_key(k), {})
+        node[_key(path[-1])] = value
+    return tree
+
+
+def flatten(tree: dict, prefix: tuple = ()) -> dict[tuple, Any]:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, prefix + (k,)))
+        else:
+            out[prefix + (k,)] = v
+    return out
+
+
+def as_str_path(path: Path) -> tuple[str, ...]:
+    return tuple(_key(k) for k in path)
+
+
+def dotted(path: Path) -> str:
+    return ".".join(_key(k) for k in path)
+
+
+def read_config(model_dir: str) -> dict:
+    path = os.path.join(model_dir, CONFIG_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{model_dir}: not a vlrm_jax model folder (no {CONFIG_FILE})")
+    with open(path) as f:
+        cfg = json.load(f)
+    if cfg.get("format_version") != FORMAT_VERSION or "kind" not in cfg:
+        raise ValueError(f"{path}: unsupported model folder format {cfg.get('format_version')!r}")
+    return cfg
+
+
+def check_kind(model_dir: str, *kinds: str) -> dict:
+    cfg = read_config(model_dir)
+    if cfg["kind"] not in kinds:
+        raise ValueError(f"{model_dir} holds a {cfg['kind']!r} model; expected {' or '.join(kinds)}")
+    return cfg
+
+
+def save_params(params_dir: str, flat: dict[Path, Any]) -> None:
+    ckptr = ocp.StandardCheckpointer()
+    ckptr.save(os.path.abspath(params_dir), nest(flat))
+    ckptr.wait_until_finished()
+
+
+def load_params(model_dir: str, abstract: dict[Path, jax.ShapeDtypeStruct]) -> dict[Path, jax.Array]:
+    """Restore into the shapes, dtypes (cast on load) and shardings of `abstract`.
+
+    Strict: a parameter the model expects but the folder lacks, or one the folder has but the
+    model does not, is an error naming it.
+    """
+    params_dir = os.path.abspath(os.path.join(model_dir, PARAMS_DIR))
+    ckptr = ocp.StandardCheckpointer()
+    stored = flatten(ckptr.metadata(params_dir).item_metadata.tree)
+    wanted = {as_str_path(p): p for p in abstract}
+    missing = sorted(dotted(p) for p in wanted if p not in stored)
+    unexpected = sorted(dotted(p) for p in stored if p not in wanted)
+    if missing or unexpected:
+        raise ValueError(
+            f"{model_dir}: parameters do not match the model config; "
+            f"missing {missing[:10]}{'...' if len(missing) > 10 else ''}, "
+            f"unexpected {unexpected[:10]}{'...' if len(unexpected) > 10 else ''}"
+        )
+    for sp, p in wanted.items():
+        if tuple(stored[sp].shape) != tuple(abstract[p].shape):
+            raise ValueError(
+                f"{model_dir}: parameter {dotted(p)} has shape {tuple(stored[sp].shape)}, "
+                f"the config expects {tuple(abstract[p].shape)}"
+            )
+    target = nest({as_str_path(p): _restore_target(a) for p, a in abstract.items()})
+    restored = flatten(ckptr.restore(params_dir, target))
+    return {p: restored[sp] for sp, p in wanted.items()}
+
+
+def _restore_target(a: jax.ShapeDtypeStruct) -> jax.ShapeDtypeStruct:
+    sharding = getattr(a, "sharding", None)
+    if sharding is None:
+        sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding)
+
+
+@contextlib.contextmanager
+def staged_dir(dst: str, overwrite: bool = False) -> Iterator[str]:
+    """Yield a temporary sibling folder; move it to `dst` only if the block succeeds.
+
+    A failed conversion leaves nothing behind, and an existing `dst` is only replaced at the end.
+    """
+    dst = os.path.abspath(dst)
+    if os.path.exists(dst) and not overwrite:
+        raise FileExistsError(f"{dst} already exists (pass --overwrite to replace it)")
+    parent = os.path.dirname(dst)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.partial-", dir=parent)
+    try:
+        yield tmp
+        if os.path.exists(dst):
+            shutil.rmtree(dst)
+        os.replace(tmp, dst)
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp)
+
+
+def write_model_dir(
+    dst: str,
+    kind: str,
+    model_config: dict,
+    flat_params: dict[Path, Any],
+    *,
+    hf_config: dict | None = None,
+    extra_files: list[str] = (),
+    overwrite: bool = False,
+) -> None:
+    with staged_dir(dst, overwrite) as tmp:
+        save_params(os.path.join(tmp, PARAMS_DIR), flat_params)
+        with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
+            json.dump({"kind": kind, "format_version": FORMAT_VERSION, "model": model_config}, f, indent=2)
+        if hf_config is not None:
+            with open(os.path.join(tmp, HF_CONFIG_FILE), "w") as f:
+                json.dump(hf_config, f, indent=2)
+        for path in extra_files:
+            shutil.copy2(path, os.path.join(tmp, os.path.basename(path)))
+
+
+def to_numpy(x) -> np.ndarray:
+    return np.asarray(jax.device_get(x))

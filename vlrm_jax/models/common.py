@@ -1,0 +1,153 @@
+"""Building blocks shared by every model: dense layers with logical axis names, layer norm,
+masked attention, and stacks of identical layers that run under `lax.scan`.
+
+Parameters carry their logical axis names as the metadata key `logical_axes` (see
+`vlrm_jax.sharding`, which maps them onto a device mesh). A stacked layer gets one more leading
+axis, named `layers`.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Array = jax.Array
+LAYERS_AXIS = "layers"
+
+DTYPES = {
+    "float32": jnp.float32,
+    "bfloat16": jnp.bfloat16,
+    "float16": jnp.float16,
+}
+
+
+def to_dtype(name: str | Any):
+    """Config files spell dtypes as strings; modules want jnp dtypes."""
+    if not isinstance(name, str):
+        return name
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; expected one of {sorted(DTYPES)}")
+    return DTYPES[name]
+
+
+def activation(name: str) -> Callable[[Array], Array]:
+    """transformers' ACT2FN names used by BLIP2, OPT and OpenCLIP."""
+    table = {
+        "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+        "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+        "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+        "relu": jax.nn.relu,
+        "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
+    }
+    if name not in table:
+        raise ValueError(f"unsupported activation {name!r}; expected one of {sorted(table)}")
+    return table[name]
+
+
+def dense(
+    in_features: int,
+    out_features: int,
+    axes: tuple[str, str],
+    *,
+    rngs: nnx.Rngs,
+    use_bias: bool = True,
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
+    init_std: float = 0.02,
+) -> nnx.Linear:
+    return nnx.Linear(
+        in_features,
+        out_features,
+        use_bias=use_bias,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        kernel_init=nnx.initializers.normal(init_std),
+        kernel_metadata={"logical_axes": axes},
+        bias_metadata={"logical_axes": (axes[1],)},
+        precision=None,
+        rngs=rngs,
+    )
+
+
+def layer_norm(
+    dim: int, eps: float, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32
+) -> nnx.LayerNorm:
+    return nnx.LayerNorm(
+        dim,
+        epsilon=eps,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        scale_metadata={"logical_axes": ("norm",)},
+        bias_metadata={"logical_axes": ("norm",)},
+        rngs=rngs,
+    )
+
+
+def embedding(
+    num: int, dim: int, axes: tuple[str, str], *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32
+) -> nnx.Embed:
+    return nnx.Embed(
+        num,
+        dim,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        embedding_init=nnx.initializers.normal(0.02),
+        embedding_metadata={"logical_axes": axes},
+        rngs=rngs,
+    )
+
+
+def param(rngs: nnx.Rngs, shape: Sequence[int], axes: tuple, dtype=jnp.float32, std: float = 0.02) -> nnx.Param:
+    value = std * jax.random.normal(rngs.params(), tuple(shape), dtype)
+    return nnx.Param(value, logical_axes=axes)
+
+
+def attention(q: Array, k: Array, v: Array, mask: Array | None, scale: float) -> Array:
+    """Softmax attention with heads: q (B, Tq, H, D), k/v (B, Tk, H, D), mask broadcastable to
+    (B, H, Tq, Tk), True where attending is allowed.
+
+    Masked scores take the dtype's most negative finite value, as transformers does, so a row with
+    no allowed key (a left-padding position) gives finite values instead of NaN; such rows never
+    feed a valid position. Scores and softmax run in fp32 whatever the compute dtype.
+    """
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+    if mask is not None:
+        scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+
+
+def split_heads(x: Array, num_heads: int) -> Array:
+    return x.reshape(*x.shape[:-1], num_heads, x.shape[-1] // num_heads)
+
+
+def merge_heads(x: Array) -> Array:
+    return x.reshape(*x.shape[:-2], x.shape[-2] * x.shape[-1])
+
+
+def make_stack(factory: Callable[[nnx.Rngs], nnx.Module], num: int, rngs: nnx.Rngs) -> nnx.Module:
+    """`num` copies of a layer whose parameters are stacked on a leading axis (for `scan_stack`)."""
+
+    @nnx.split_rngs(splits=num)
+    @nnx.vmap(in_axes=(0,), out_axes=0)
+    def create(layer_rngs):
+        return factory(layer_rngs)
+
+    return create(rngs)
+
+
+def scan_stack(stack: nnx.Module, body: Callable, carry: Any, xs: Any = None) -> tuple[Any, Any]:
+    """Run `body(layer, carry, x) -> (carry, y)` over the stacked layers with `lax.scan`.
+
+    One compiled layer body however deep the model is: compile time stays flat from 3 layers
+    to 39. `xs` and the returned ys carry a leading layer axis (e.g. one KV cache per layer).
+    """
+    graphdef, state = nnx.split(stack)
+
+    def step(c, inputs):
+        layer_state, x = inputs
+        return body(nnx.merge(graphdef, layer_state), c, x)
+
+    return jax.lax.scan(step, carry, (state, xs))

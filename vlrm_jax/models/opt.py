@@ -1,0 +1,165 @@
+"""OPT decoder-only language model as transformers' OPTForCausalLM builds it.
+
+Learned positions looked up at `position_id + 2` (OPT's offset), with position ids computed from
+the attention mask so left padding does not shift them; pre-LN blocks (post-LN when
+`do_layer_norm_before` is False, as in OPT-350m); optional project_in / project_out when the word
+embedding width differs from the hidden width; lm_head tied to the token embedding.
+
+The decoder takes an explicit boolean attention mask (B, Tq, Tk) and, for decoding, a KV cache of
+shape (layers, B, max_len, heads, head_dim) into which the new keys and values are written at
+`cache_index`. Callers (generation, scoring) build masks with `causal_mask`/`cached_mask`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from vlrm_jax.models import common
+
+POSITION_OFFSET = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class OPTConfig:
+    vocab_size: int = 50272
+    hidden_size: int = 2560
+    ffn_dim: int = 10240
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 32
+    max_position_embeddings: int = 2048
+    word_embed_proj_dim: int = 2560
+    do_layer_norm_before: bool = True
+    remove_final_layer_norm: bool = False
+    activation_function: str = "relu"
+    enable_bias: bool = True
+    layer_norm_eps: float = 1e-5
+    pad_token_id: int = 1
+    bos_token_id: int = 2
+    eos_token_id: int = 2
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+
+class KVCache(NamedTuple):
+    """Keys and values of every layer: (layers, B, max_len, heads, head_dim)."""
+
+    k: jax.Array
+    v: jax.Array
+
+    @classmethod
+    def zeros(cls, cfg: OPTConfig, batch: int, max_len: int, dtype=None) -> "KVCache":
+        shape = (cfg.num_hidden_layers, batch, max_len, cfg.num_attention_heads, cfg.head_dim)
+        dtype = dtype or common.to_dtype(cfg.dtype)
+        return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+
+
+def position_ids(attention_mask: jax.Array) -> jax.Array:
+    """OPT's position ids: running count of valid tokens minus one (padding gets -1)."""
+    mask = attention_mask.astype(jnp.int32)
+    return jnp.cumsum(mask, axis=1) * mask - 1
+
+
+def causal_mask(attention_mask: jax.Array) -> jax.Array:
+    """(B, T) padding mask -> (B, 1, T, T): causal and never attending to padding."""
+    t = attention_mask.shape[1]
+    causal = jnp.tril(jnp.ones((t, t), bool))
+    return (causal[None] & attention_mask.astype(bool)[:, None, :])[:, None]
+
+
+class OPTBlock(nnx.Module):
+    def __init__(self, cfg: OPTConfig, rngs: nnx.Rngs):
+        d = cfg.hidden_size
+        kw = dict(dtype=common.to_dtype(cfg.dtype), param_dtype=common.to_dtype(cfg.param_dtype))
+        self.pre_norm = cfg.do_layer_norm_before
+        self.num_heads = cfg.num_attention_heads
+        self.scale = cfg.head_dim**-0.5
+        self.act = common.activation(cfg.activation_function)
+        lin = dict(use_bias=cfg.enable_bias, rngs=rngs, **kw)
+        self.q_proj = common.dense(d, d, ("embed", "heads"), **lin)
+        self.k_proj = common.dense(d, d, ("embed", "heads"), **lin)
+        self.v_proj = common.dense(d, d, ("embed", "heads"), **lin)
+        self.out_proj = common.dense(d, d, ("heads", "embed"), **lin)
+        self.self_attn_layer_norm = common.layer_norm(d, cfg.layer_norm_eps, rngs=rngs, **kw)
+        self.fc1 = common.dense(d, cfg.ffn_dim, ("embed", "mlp"), **lin)
+        self.fc2 = common.dense(cfg.ffn_dim, d, ("mlp", "embed"), **lin)
+        self.final_layer_norm = common.layer_norm(d, cfg.layer_norm_eps, rngs=rngs, **kw)
+
+    def __call__(self, x, mask, kv=None, cache_index=None):
+        """kv: this layer's (k, v) cache or None. Returns (x, (k, v))."""
+        h = self.self_attn_layer_norm(x) if self.pre_norm else x
+        q = common.split_heads(self.q_proj(h), self.num_heads)
+        k = common.split_heads(self.k_proj(h), self.num_heads)
+        v = common.split_heads(self.v_proj(h), self.num_heads)
+        if kv is not None:
+            k = jax.lax.dynamic_update_slice_in_dim(kv[0], k.astype(kv[0].dtype), cache_index, axis=1)
+            v = jax.lax.dynamic_update_slice_in_dim(kv[1], v.astype(kv[1].dtype), cache_index, axis=1)
+        x = x + self.out_proj(common.merge_heads(common.attention(q, k, v, mask, self.scale)))
+        if not self.pre_norm:
+            x = self.self_attn_layer_norm(x)
+        h = self.final_layer_norm(x) if self.pre_norm else x
+        x = x + self.fc2(self.act(self.fc1(h)))
+        if not self.pre_norm:
+            x = self.final_layer_norm(x)
+        return x, (k, v)
+
+
+class OPTForCausalLM(nnx.Module):
+    def __init__(self, cfg: OPTConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        kw = dict(dtype=common.to_dtype(cfg.dtype), param_dtype=common.to_dtype(cfg.param_dtype))
+        d, e = cfg.hidden_size, cfg.word_embed_proj_dim
+        self.embed_tokens = common.embedding(cfg.vocab_size, e, ("vocab", "embed"), rngs=rngs, **kw)
+        self.embed_positions = common.embedding(
+            cfg.max_position_embeddings + POSITION_OFFSET, d, (None, "embed"), rngs=rngs, **kw
+        )
+        self.project_in = common.dense(e, d, (None, "embed"), use_bias=False, rngs=rngs, **kw) if e != d else None
+        self.project_out = common.dense(d, e, ("embed", None), use_bias=False, rngs=rngs, **kw) if e != d else None
+        self.layers = common.make_stack(lambda r: OPTBlock(cfg, r), cfg.num_hidden_layers, rngs)
+        has_final_norm = cfg.do_layer_norm_before and not cfg.remove_final_layer_norm
+        self.final_layer_norm = common.layer_norm(d, cfg.layer_norm_eps, rngs=rngs, **kw) if has_final_norm else None
+
+    def embed(self, input_ids):
+        return self.embed_tokens(input_ids)
+
+    def decode(self, embeds, positions, mask, cache: KVCache | None = None, cache_index=None):
+        """embeds (B, T, E); positions (B, T) from `position_ids`; mask (B, 1, T, S) bool.
+        Without a cache S = T; with one, S = cache length and the new keys/values are written at
+        `cache_index`. Returns (hidden (B, T, E), updated cache or None)."""
+        x = self.project_in(embeds) if self.project_in is not None else embeds
+        x = x + self.embed_positions(positions + POSITION_OFFSET)
+        if cache is None:
+            x, _ = common.scan_stack(self.layers, lambda layer, h, _: (layer(h, mask)[0], None), x)
+            new_cache = None
+        else:
+            def body(layer, h, kv):
+                h, kv = layer(h, mask, kv, cache_index)
+                return h, kv
+
+            x, (k, v) = common.scan_stack(self.layers, body, x, (cache.k, cache.v))
+            new_cache = KVCache(k, v)
+        if self.final_layer_norm is not None:
+            x = self.final_layer_norm(x)
+        if self.project_out is not None:
+            x = self.project_out(x)
+        return x, new_cache
+
+    def lm_head(self, hidden):
+        """Tied output projection; logits in fp32."""
+        return self.embed_tokens.attend(hidden).astype(jnp.float32)
+
+    def __call__(self, input_ids, attention_mask=None):
+        """Full forward like transformers' OPTForCausalLM: (B, T) ids -> (B, T, V) logits."""
+        if attention_mask is None:
+            attention_mask = jnp.ones(input_ids.shape, jnp.int32)
+        hidden, _ = self.decode(
+            self.embed(input_ids), position_ids(attention_mask), causal_mask(attention_mask)
+        )
+        return self.lm_head(hidden)
