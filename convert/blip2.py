@@ -8,13 +8,13 @@ import dataclasses
 import json
 import os
 
-import numpy as np
 from flax import nnx
 
 from convert import cli, rules
 from convert.sources import open_hf_dir, resolve_hf
 from convert.table import expand, torch_to_flax
 from vlrm_jax.checkpoint.model_dir import write_model_dir
+from vlrm_jax.loading import override_precision
 from vlrm_jax.models import build
 from vlrm_jax.models.blip2 import Blip2Captioner, Blip2Config
 from vlrm_jax.models.opt import OPTConfig
@@ -94,10 +94,11 @@ def layer_sets(cfg: Blip2Config) -> dict[str, list[int]]:
 def convert(src: str, dst: str, dtype: str | None = None, overwrite: bool = False, progress: bool = True) -> None:
     model_dir = resolve_hf(src)
     cfg, hf_config = config_from_hf(model_dir)
+    cfg = override_precision(cfg, None, dtype, ("vision", "text"))  # the Q-Former stays fp32
     source = rules.adapt_legacy_qkv_bias(open_hf_dir(model_dir), "vision_model.", cfg.vision.num_hidden_layers)
     abstract = build.flat_params(build.abstract(lambda: Blip2Captioner(cfg, rngs=nnx.Rngs(0))))
     entries = expand(table(cfg), layer_sets(cfg))
-    params = torch_to_flax(source, entries, abstract, ignore=TIED_KEYS, dtype=np.dtype(dtype) if dtype else None, progress=progress)
+    params = torch_to_flax(source, entries, abstract, ignore=TIED_KEYS, progress=progress)
     write_model_dir(dst, KIND, cfg.to_dict(), params, hf_config=hf_config,
                     extra_files=cli.side_files(model_dir), overwrite=overwrite)
 

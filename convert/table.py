@@ -76,11 +76,10 @@ def torch_to_flax(
     abstract: dict[tuple, "jax.ShapeDtypeStruct"],  # noqa: F821
     *,
     ignore: Iterable[str] = (),
-    dtype=None,
     progress: bool = True,
 ) -> dict[tuple, np.ndarray]:
-    """Fill every Flax parameter in `abstract` from `source`. `dtype` casts (None keeps the
-    source dtype). Raises ConversionError naming the first missing, unexpected or mis-shaped key."""
+    """Fill every Flax parameter in `abstract` from `source`, cast to the parameter's dtype.
+    Raises ConversionError naming the first missing, unexpected or mis-shaped key."""
     by_source = {e.source: e for e in entries}
     ignore = set(ignore)
     missing = [e.source for e in entries if e.source not in source]
@@ -108,7 +107,7 @@ def torch_to_flax(
                 f"{source.origin}: tensor {e.source!r} has shape {tuple(source.shape(e.source))}, "
                 f"expected {_torch_shape(e.transform, want_one)}"
             )
-        target_dtype = dtype or value.dtype
+        target_dtype = abstract[e.target].dtype
         if e.stack_index is None:
             out[e.target] = np.array(value, dtype=target_dtype)
         else:

@@ -1,0 +1,28 @@
+"""Small utilities shared by tests."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_module(module: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run `python -m module args...` from the repository root, as a user would."""
+    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{module} {args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def hf_layout(ids, mask, num_query: int, image_token: int):
+    """transformers' BLIP2 input for left-padded text: [pads, image tokens, BOS, text]."""
+    import numpy as np
+
+    b = ids.shape[0]
+    full_ids = np.concatenate([np.full((b, num_query), image_token), ids], 1)
+    full_mask = np.concatenate([np.ones((b, num_query), mask.dtype), mask], 1)
+    order = np.argsort(full_mask, axis=1, kind="stable")  # padding (0) first, order kept
+    return np.take_along_axis(full_ids, order, 1), np.take_along_axis(full_mask, order, 1)

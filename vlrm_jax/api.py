@@ -1,0 +1,107 @@
+"""The public Python API: load a converted (or shapes-world) folder and run it.
+
+Inputs are numpy or jax arrays; pixel_values are float32 (B, H, W, 3), normalised exactly as the
+transformers / open_clip processor would (channels last is the only difference). Outputs are numpy.
+Each call runs one jitted function; shapes seen before do not recompile.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from vlrm_jax.checkpoint import model_dir as md
+from vlrm_jax.loading import load_module, override_precision
+from vlrm_jax.models.blip2 import Blip2Captioner, Blip2Config
+from vlrm_jax.models.opt import OPTConfig, OPTForCausalLM
+
+
+class _Jitted:
+    """Holds a module split into (graphdef, state) and jits pure functions of it."""
+
+    def __init__(self, module: nnx.Module, model_dir: str | None):
+        self.module = module
+        self.model_dir = model_dir
+        self._graphdef, self._state = nnx.split(module)
+        self._tokenizer = None
+
+    def _run(self, fn, *args, **static):
+        return _call(self._graphdef, fn, self._state, *args, **static)
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            if self.model_dir is None:
+                raise ValueError("this model was not loaded from a folder, so it has no tokenizer")
+            self._tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+        return self._tokenizer
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1), static_argnames=("static",))
+def _jit_call(graphdef, fn, state, *args, static=()):
+    return fn(nnx.merge(graphdef, state), *args, **dict(static))
+
+
+def _call(graphdef, fn, state, *args, **static):
+    return _jit_call(graphdef, fn, state, *args, static=tuple(sorted(static.items())))
+
+
+def _captioner_logits(model, pixel_values, input_ids, attention_mask):
+    return model(pixel_values, input_ids, attention_mask)
+
+
+def _lm_logits(model, input_ids, attention_mask):
+    return model(input_ids, attention_mask)
+
+
+class Captioner(_Jitted):
+    """BLIP2 (OPT) captioner."""
+
+    module: Blip2Captioner
+
+    @classmethod
+    def load(cls, model_dir: str, dtype: str | None = None, param_dtype: str | None = None) -> "Captioner":
+        """`dtype` / `param_dtype` override the ViT and OPT precision (e.g. "bfloat16");
+        the Q-Former stays fp32 as in transformers."""
+        meta = md.check_kind(model_dir, "blip2_opt")
+        cfg = override_precision(Blip2Config.from_dict(meta["model"]), dtype, param_dtype, ("vision", "text"))
+        module = load_module(model_dir, lambda c: Blip2Captioner(c, rngs=nnx.Rngs(0)), cfg)
+        return cls(module, model_dir)
+
+    @property
+    def config(self) -> Blip2Config:
+        return self.module.cfg
+
+    def logits(self, pixel_values, input_ids, attention_mask=None) -> np.ndarray:
+        """Logits (B, T, V) of the text positions, the image soft prompt placed before them."""
+        input_ids = jnp.asarray(input_ids, jnp.int32)
+        mask = jnp.ones_like(input_ids) if attention_mask is None else jnp.asarray(attention_mask, jnp.int32)
+        out = self._run(_captioner_logits, jnp.asarray(pixel_values, jnp.float32), input_ids, mask)
+        return np.asarray(out)
+
+
+class ReferenceLM(_Jitted):
+    """OPT language model that scores caption text (the reward's `ref` term)."""
+
+    module: OPTForCausalLM
+
+    @classmethod
+    def load(cls, model_dir: str, dtype: str | None = None, param_dtype: str | None = None) -> "ReferenceLM":
+        """Accepts an `opt` folder, or a `blip2_opt` captioner folder whose language model is used."""
+        meta = md.check_kind(model_dir, "opt", "blip2_opt")
+        if meta["kind"] == "blip2_opt":
+            captioner = Captioner.load(model_dir, dtype, param_dtype)
+            return cls(captioner.module.language_model, model_dir)
+        cfg = override_precision(OPTConfig(**meta["model"]), dtype, param_dtype, ("",))
+        module = load_module(model_dir, lambda c: OPTForCausalLM(c, rngs=nnx.Rngs(0)), cfg)
+        return cls(module, model_dir)
+
+    def logits(self, input_ids, attention_mask=None) -> np.ndarray:
+        input_ids = jnp.asarray(input_ids, jnp.int32)
+        mask = jnp.ones_like(input_ids) if attention_mask is None else jnp.asarray(attention_mask, jnp.int32)
+        return np.asarray(self._run(_lm_logits, input_ids, mask))

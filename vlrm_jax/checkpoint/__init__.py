@@ -1,0 +1,1 @@
+"""Model folders (converted weights) and, later, whole training states."""
