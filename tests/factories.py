@@ -84,3 +84,34 @@ def left_padded_ids(batch: int, length: int, seed: int = 0, bos: int = 2, pad: i
         mask[b, :n_pad] = 0
         ids[b, n_pad] = bos
     return ids, mask
+
+
+def tiny_itm_config():
+    from transformers import Blip2Config
+
+    base = tiny_blip2_config()
+    qformer = dict(base.qformer_config.to_dict(), use_qformer_text_input=True)
+    return Blip2Config(vision_config=base.vision_config.to_dict(), qformer_config=qformer,
+                       num_query_tokens=5, image_text_hidden_size=12, image_token_index=None,
+                       initializer_range=0.2, architectures=["Blip2ForImageTextRetrieval"])
+
+
+def save_tiny_itm(path: str, seed: int = 0):
+    from transformers import Blip2ForImageTextRetrieval
+
+    model = randomise(Blip2ForImageTextRetrieval(tiny_itm_config()), seed)
+    model.save_pretrained(path)
+    return model
+
+
+def right_padded_ids(batch: int, length: int, seed: int = 0, cls: int = 2, sep: int = 3, pad: int = 0):
+    """BERT-style [CLS] text [SEP] then right padding, rows of different lengths."""
+    rng = np.random.default_rng(seed)
+    ids = np.full((batch, length), pad, np.int64)
+    mask = np.zeros((batch, length), np.int64)
+    for b in range(batch):
+        n = length - (b % (length - 3))
+        ids[b, :n] = rng.integers(5, VOCAB, size=n)
+        ids[b, 0], ids[b, n - 1] = cls, sep
+        mask[b, :n] = 1
+    return ids, mask

@@ -105,3 +105,50 @@ class ReferenceLM(_Jitted):
         input_ids = jnp.asarray(input_ids, jnp.int32)
         mask = jnp.ones_like(input_ids) if attention_mask is None else jnp.asarray(attention_mask, jnp.int32)
         return np.asarray(self._run(_lm_logits, input_ids, mask))
+
+
+def _itm_logits(model, pixel_values, input_ids, attention_mask):
+    return model(pixel_values, input_ids, attention_mask)
+
+
+def _itc_similarity(model, pixel_values, input_ids, attention_mask):
+    return model.itc_similarity(model.vision_model(pixel_values), input_ids, attention_mask)
+
+
+class ItmScorer(_Jitted):
+    """BLIP2-ITM: the reward's `sim` term is `logits(...)[:, 1]`, the match logit before softmax.
+
+    input_ids are the BERT tokenizer's ids ([CLS] text [SEP], right padding) without the image
+    placeholder tokens that transformers' processor prepends when the config has an image_token_index.
+    """
+
+    module: "Blip2Itm"  # noqa: F821
+
+    @classmethod
+    def load(cls, model_dir: str, dtype: str | None = None, param_dtype: str | None = None) -> "ItmScorer":
+        from vlrm_jax.models.itm import Blip2Itm, ItmConfig
+
+        meta = md.check_kind(model_dir, "blip2_itm")
+        cfg = override_precision(ItmConfig.from_dict(meta["model"]), dtype, param_dtype, ("vision",))
+        return cls(load_module(model_dir, lambda c: Blip2Itm(c, rngs=nnx.Rngs(0)), cfg), model_dir)
+
+    def _inputs(self, pixel_values, input_ids, attention_mask):
+        ids = jnp.asarray(input_ids, jnp.int32)
+        mask = jnp.ones_like(ids) if attention_mask is None else jnp.asarray(attention_mask, jnp.int32)
+        return jnp.asarray(pixel_values, jnp.float32), ids, mask
+
+    def logits(self, pixel_values, input_ids, attention_mask=None) -> np.ndarray:
+        """(B, 2) image-text matching logits for image i with text i; index 1 is "match"."""
+        return np.asarray(self._run(_itm_logits, *self._inputs(pixel_values, input_ids, attention_mask)))
+
+    def itc_similarity(self, pixel_values, input_ids, attention_mask=None) -> np.ndarray:
+        """(B_images, B_texts) contrastive cosine similarities (max over query outputs)."""
+        return np.asarray(self._run(_itc_similarity, *self._inputs(pixel_values, input_ids, attention_mask)))
+
+
+def __getattr__(name):
+    if name == "ClipModel":  # lives in its own module with the OpenCLIP tower
+        from vlrm_jax.clip_api import ClipModel
+
+        return ClipModel
+    raise AttributeError(name)
