@@ -52,10 +52,15 @@ def tiny_blip2_config(**text_overrides):
                        num_query_tokens=5, image_token_index=IMAGE_TOKEN, initializer_range=0.2)
 
 
-def save_tiny_blip2(path: str, seed: int = 0, **text_overrides):
+def save_tiny_blip2(path: str, seed: int = 0, eos_scale: float = 1.0, **text_overrides):
+    """eos_scale > 1 enlarges EOS's (tied) embedding row so that some captions end early."""
+    import torch
     from transformers import Blip2ForConditionalGeneration
 
     model = randomise(Blip2ForConditionalGeneration(tiny_blip2_config(**text_overrides)), seed)
+    with torch.no_grad():
+        emb = model.language_model.get_input_embeddings().weight
+        emb[model.config.text_config.eos_token_id] *= eos_scale
     model.save_pretrained(path)
     return model
 

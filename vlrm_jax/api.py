@@ -28,6 +28,15 @@ class _Jitted:
         self._graphdef, self._state = nnx.split(module)
         self._tokenizer = None
 
+    def shard(self, mesh, rules=None) -> "_Jitted":
+        """Place the weights on a device mesh (see vlrm_jax.sharding); inputs sharded over the
+        mesh's `data` axis then run data-parallel. Returns self."""
+        from vlrm_jax import sharding
+
+        sharding.shard_module(self.module, mesh, rules or sharding.DEFAULT_RULES)
+        self._graphdef, self._state = nnx.split(self.module)
+        return self
+
     def _run(self, fn, *args, **static):
         return _call(self._graphdef, fn, self._state, *args, **static)
 
@@ -83,6 +92,43 @@ class Captioner(_Jitted):
         mask = jnp.ones_like(input_ids) if attention_mask is None else jnp.asarray(attention_mask, jnp.int32)
         out = self._run(_captioner_logits, jnp.asarray(pixel_values, jnp.float32), input_ids, mask)
         return np.asarray(out)
+
+    def rollout(self, pixel_values, seed: int = 0, **generation_kwargs):
+        """Decode with transformers' generation arguments; returns the whole `Rollout` (tokens,
+        mask, per-token log-probs, finished flags, beam scores) as numpy arrays."""
+        from vlrm_jax.generate import GenerationConfig
+        from vlrm_jax.generate.search import generate_jit
+
+        cfg = GenerationConfig(**generation_kwargs)
+        out = generate_jit(self._graphdef, cfg, self._state, jnp.asarray(pixel_values, jnp.float32),
+                           jax.random.key(seed))
+        return jax.tree.map(lambda x: None if x is None else np.asarray(x), out)
+
+    def generate(self, pixel_values, seed: int = 0, **generation_kwargs) -> np.ndarray:
+        """Token ids (B * num_return_sequences, max_new_tokens) of the new tokens, pad id after
+        EOS. Arguments as transformers names them: max_new_tokens, min_new_tokens, do_sample,
+        temperature, top_k, top_p, num_beams, length_penalty, early_stopping,
+        no_repeat_ngram_size, num_return_sequences; `seed` fixes sampling."""
+        return self.rollout(pixel_values, seed, **generation_kwargs).tokens
+
+    def decode(self, token_ids) -> list[str]:
+        return [t.strip() for t in self.tokenizer.batch_decode(np.asarray(token_ids), skip_special_tokens=True)]
+
+    def caption(self, images, seed: int = 0, **generation_kwargs) -> list[str]:
+        """Captions for PIL images, preprocessed as transformers' BLIP2 processor does; the
+        paper's inference settings unless overridden."""
+        from vlrm_jax.data.preprocess import blip2_pixel_values
+        from vlrm_jax.generate import GenerationConfig
+
+        kwargs = {**_paper_inference_kwargs(GenerationConfig), **generation_kwargs}
+        pixels = blip2_pixel_values(images, size=self.config.vision.image_size)
+        return self.decode(self.generate(pixels, seed, **kwargs))
+
+
+def _paper_inference_kwargs(config_cls) -> dict:
+    import dataclasses
+
+    return {f.name: getattr(config_cls.paper_inference(), f.name) for f in dataclasses.fields(config_cls)}
 
 
 class ReferenceLM(_Jitted):

@@ -1,0 +1,218 @@
+"""Greedy search, sampling and beam search as `lax.while_loop`s over a state pytree.
+
+Everything runs inside one `jax.jit` per (model, config, shapes); the KV cache lives in the loop
+state and is updated in place. Outputs have a fixed width of max_new_tokens, with the pad id after
+a sequence's end (transformers trims the common padding; the tokens are the same).
+"""
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from vlrm_jax.generate import processors as proc
+from vlrm_jax.generate.config import GenerationConfig
+from vlrm_jax.generate.decode import prefill, prompt_ids, prompt_length, step
+from vlrm_jax.models.blip2 import Blip2Captioner
+
+SENTINEL = -1.0e9  # transformers' "impossible" score in beam search
+
+
+class Rollout(NamedTuple):
+    """What `generate` returns. tokens (R, N) with R = B * num_return_sequences, N = max_new_tokens;
+    mask (R, N): 1 for generated tokens up to and including EOS; logprobs (R, N): log-probability of
+    each chosen token under the model's unprocessed distribution (0 where mask is 0);
+    finished (R,): ended with EOS (False = hit the length limit); scores: beam scores (R,) or None."""
+
+    tokens: jax.Array
+    mask: jax.Array
+    logprobs: jax.Array
+    finished: jax.Array
+    scores: jax.Array | None = None
+
+
+def _processed(cfg: GenerationConfig, scores, history, cur_len, step_index, eos: int):
+    scores = proc.ban_repeated_ngrams(scores, history, cur_len, cfg.no_repeat_ngram_size)
+    return proc.suppress_eos(scores, step_index, cfg.min_new_tokens, eos)
+
+
+def _greedy_or_sample(model: Blip2Captioner, cfg: GenerationConfig, soft_prompt, key):
+    tcfg = model.cfg.text
+    eos, pad = tcfg.eos_token_id, tcfg.pad_token_id
+    n = cfg.max_new_tokens
+    if cfg.do_sample and cfg.num_return_sequences > 1:
+        soft_prompt = jnp.repeat(soft_prompt, cfg.num_return_sequences, axis=0)
+    rows = soft_prompt.shape[0]
+    p = prompt_length(model)
+    logits, cache = prefill(model, soft_prompt, n)
+    history = jnp.concatenate([prompt_ids(model, rows), jnp.full((rows, n), pad, jnp.int32)], axis=1)
+    init = dict(
+        k=jnp.int32(0), logits=logits, cache=cache, history=history,
+        finished=jnp.zeros((rows,), bool), logprobs=jnp.zeros((rows, n), jnp.float32),
+        mask=jnp.zeros((rows, n), jnp.int32),
+    )
+
+    def cond(s):
+        return (s["k"] < n) & ~jnp.all(s["finished"])
+
+    def body(s):
+        k = s["k"]
+        scores = _processed(cfg, s["logits"], s["history"], p + k, k, eos)
+        if cfg.do_sample:
+            scores = proc.top_p(proc.top_k(proc.temperature(scores, cfg.temperature), cfg.top_k), cfg.top_p)
+            token = jax.random.categorical(jax.random.fold_in(key, k), scores, axis=-1)
+        else:
+            token = jnp.argmax(scores, axis=-1)
+        live = ~s["finished"]
+        token = jnp.where(live, token, pad).astype(jnp.int32)
+        logp = jnp.take_along_axis(jax.nn.log_softmax(s["logits"]), token[:, None], axis=-1)[:, 0]
+        logits, cache = step(model, s["cache"], token, p + k)
+        return dict(
+            k=k + 1, logits=logits, cache=cache,
+            history=s["history"].at[:, p + k].set(token),
+            finished=s["finished"] | (token == eos),
+            logprobs=s["logprobs"].at[:, k].set(jnp.where(live, logp, 0.0)),
+            mask=s["mask"].at[:, k].set(live.astype(jnp.int32)),
+        )
+
+    s = jax.lax.while_loop(cond, body, init)
+    return Rollout(s["history"][:, p:], s["mask"], s["logprobs"], s["finished"])
+
+
+def _penalty_table(cfg: GenerationConfig, longest: int) -> jnp.ndarray:
+    """length ** length_penalty for every length, computed in float64 like Python does and then
+    rounded to fp32, so normalised beam scores equal transformers' bit for bit."""
+    lengths = np.arange(longest + 2, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        return jnp.asarray((lengths ** cfg.length_penalty).astype(np.float32))
+
+
+def _gather(x, idx):
+    """x (B, K, ...) gathered along axis 1 by idx (B, J)."""
+    idx = idx.reshape(idx.shape + (1,) * (x.ndim - 2))
+    return jnp.take_along_axis(x, idx, axis=1)
+
+
+def _beam_search(model: Blip2Captioner, cfg: GenerationConfig, soft_prompt):
+    """transformers' vectorised beam search (`GenerationMixin._beam_search`), step for step."""
+    tcfg = model.cfg.text
+    eos, pad = tcfg.eos_token_id, tcfg.pad_token_id
+    b, nb, n = soft_prompt.shape[0], cfg.num_beams, cfg.max_new_tokens
+    keep = 2 * nb  # max(2, 1 + number of EOS ids) * num_beams, with one EOS id
+    p = prompt_length(model)
+    max_length = p + n
+    penalty = _penalty_table(cfg, n)
+    top_mask = jnp.arange(keep) < nb
+
+    logits, cache = prefill(model, soft_prompt, n)
+    logits = jnp.repeat(logits, nb, axis=0)  # every beam starts from the same prompt
+    cache = jax.tree.map(lambda c: jnp.repeat(c, nb, axis=1), cache)
+    seq = jnp.concatenate([prompt_ids(model, b * nb), jnp.full((b * nb, n), pad, jnp.int32)], axis=1)
+    seq = seq.reshape(b, nb, max_length)
+    init = dict(
+        cur=jnp.int32(p), logits=logits, cache=cache,
+        running=seq, running_scores=jnp.zeros((b, nb), jnp.float32).at[:, 1:].set(SENTINEL),
+        running_logp=jnp.zeros((b, nb, n), jnp.float32),
+        sequences=seq, beam_scores=jnp.full((b, nb), SENTINEL, jnp.float32),
+        seq_logp=jnp.zeros((b, nb, n), jnp.float32),
+        finished=jnp.zeros((b, nb), bool), open_=jnp.ones((b, 1), bool),
+        all_hit=jnp.bool_(False),
+    )
+
+    def cond(s):
+        open_beam = ~(jnp.all(s["finished"]) & (cfg.early_stopping is True))
+        return jnp.any(s["open_"]) & open_beam & ~s["all_hit"] & (s["cur"] < max_length)
+
+    def body(s):
+        cur = s["cur"]
+        k = cur - p
+        raw = jax.nn.log_softmax(s["logits"], axis=-1)
+        logp = _processed(cfg, raw, s["running"].reshape(b * nb, -1), cur, k, eos)
+        vocab = logp.shape[-1]
+        total = (logp.reshape(b, nb, vocab) + s["running_scores"][:, :, None]).reshape(b, nb * vocab)
+        top_logp, top_idx = jax.lax.top_k(total, keep)
+        parent, token = top_idx // vocab, (top_idx % vocab).astype(jnp.int32)
+        token_raw = jnp.take_along_axis(raw.reshape(b, nb * vocab), top_idx, axis=1)
+        cand = _gather(s["running"], parent).at[:, :, cur].set(token)
+        cand_logp = _gather(s["running_logp"], parent).at[:, :, k].set(token_raw)
+        hits = (token == eos) | (cur + 1 >= max_length)
+
+        # the best candidates that did not stop keep running
+        run_scores = top_logp + hits.astype(jnp.float32) * SENTINEL
+        nxt = jax.lax.top_k(run_scores, nb)[1]
+        running, running_scores = _gather(cand, nxt), _gather(run_scores, nxt)
+        running_logp, running_parent = _gather(cand_logp, nxt), _gather(parent, nxt)
+
+        # candidates among the top num_beams that stopped compete for the finished slots
+        just = hits & top_mask[None, :]
+        norm = top_logp / penalty[k + 1]
+        full = jnp.all(s["finished"], axis=-1, keepdims=True) & (cfg.early_stopping is True)
+        norm = norm + full.astype(jnp.float32) * SENTINEL
+        norm = norm + (~s["open_"]).astype(jnp.float32) * SENTINEL
+        norm = norm + (~just).astype(jnp.float32) * SENTINEL
+        merged_scores = jnp.concatenate([s["beam_scores"], norm], axis=1)
+        best = jax.lax.top_k(merged_scores, nb)[1]
+        sequences = _gather(jnp.concatenate([s["sequences"], cand], axis=1), best)
+        seq_logp = _gather(jnp.concatenate([s["seq_logp"], cand_logp], axis=1), best)
+        beam_scores = _gather(merged_scores, best)
+        finished = _gather(jnp.concatenate([s["finished"], just], axis=1), best)
+
+        # the cache follows the surviving beams, then takes their new tokens
+        flat_parent = (running_parent + jnp.arange(b)[:, None] * nb).reshape(-1)
+        cache = jax.tree.map(lambda c: jnp.take(c, flat_parent, axis=1), s["cache"])
+        logits, cache = step(model, cache, running[:, :, cur].reshape(-1), cur)
+
+        # early-stopping heuristic on the new length
+        cur = cur + 1
+        best_len = (max_length - p) if (cfg.early_stopping == "never" and cfg.length_penalty > 0) else cur - p
+        best_running = running_scores[:, :1] / penalty[best_len]
+        worst = jnp.where(finished, jnp.min(beam_scores, axis=1, keepdims=True), SENTINEL)
+        open_ = s["open_"] & jnp.any(best_running > worst, axis=-1, keepdims=True)
+        return dict(cur=cur, logits=logits, cache=cache, running=running, running_scores=running_scores,
+                    running_logp=running_logp, sequences=sequences, beam_scores=beam_scores,
+                    seq_logp=seq_logp, finished=finished, open_=open_, all_hit=jnp.all(hits))
+
+    s = jax.lax.while_loop(cond, body, init)
+    r = cfg.num_return_sequences
+    tokens = s["sequences"][:, :r, p:].reshape(b * r, n)
+    mask = _valid_mask(tokens, eos)
+    logprobs = jnp.where(mask > 0, s["seq_logp"][:, :r].reshape(b * r, n), 0.0)
+    ended = jnp.any((tokens == eos) & (mask > 0), axis=1)
+    return Rollout(tokens, mask, logprobs, ended, s["beam_scores"][:, :r].reshape(b * r))
+
+
+def _valid_mask(tokens, eos: int):
+    """1 up to and including the first EOS, 0 after it."""
+    is_eos = (tokens == eos).astype(jnp.int32)
+    after = jnp.cumsum(is_eos, axis=1) - is_eos  # EOS seen strictly before this position
+    return (after == 0).astype(jnp.int32)
+
+
+def generate_from_embeds(model: Blip2Captioner, cfg: GenerationConfig, image_embeds, key=None) -> Rollout:
+    """Decode from vision states (B, N, Dv): the trainer passes a ViT trunk it already computed."""
+    soft_prompt = model.soft_prompt(image_embeds)
+    if cfg.num_beams > 1:
+        return _beam_search(model, cfg, soft_prompt)
+    if cfg.do_sample and key is None:
+        raise ValueError("sampling needs a PRNG key")
+    return _greedy_or_sample(model, cfg, soft_prompt, key)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def generate_jit(graphdef, cfg: GenerationConfig, state, pixel_values, key) -> Rollout:
+    """The jitted entry point on a split module (graphdef static, state traced)."""
+    model = nnx.merge(graphdef, state)
+    return generate_from_embeds(model, cfg, model.vision_model(pixel_values), key)
+
+
+def generate(model: Blip2Captioner, pixel_values, cfg: GenerationConfig = GenerationConfig(), key=None) -> Rollout:
+    """Captions for pixel_values (B, H, W, 3). Jitted once per (model structure, cfg, shapes);
+    inputs sharded over a mesh stay sharded (the loop is batch-parallel)."""
+    graphdef, state = nnx.split(model)
+    if key is None:
+        key = jax.random.key(0)
+    return generate_jit(graphdef, cfg, state, pixel_values, key)
