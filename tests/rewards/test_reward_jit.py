@@ -1,0 +1,116 @@
+"""The model-based reward terms and the whole reward in one jitted function on 8 fake devices."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from vlrm_jax import sharding
+from vlrm_jax.rewards.reward import RewardConfig, RewardModels, vlrm_reward
+from vlrm_jax.rewards.retokenize import Retokenizer
+from vlrm_jax.rewards.similarity import retrieval_specificity
+
+
+def phi_reference(img, txt):
+    """The formula, written out in NumPy float64."""
+    img = img / np.linalg.norm(img, axis=1, keepdims=True)
+    txt = txt / np.linalg.norm(txt, axis=1, keepdims=True)
+    s = img.astype(np.float64) @ txt.T.astype(np.float64)
+    col = np.exp(s) / np.exp(s).sum(axis=0, keepdims=True)  # softmax over images (axis 0)
+    row = np.exp(s) / np.exp(s).sum(axis=1, keepdims=True)  # softmax over texts (axis 1)
+    d = np.array([col[i, i] * row[i, i] for i in range(len(s))])
+    return (d - d.mean()) / d.std()
+
+
+def test_rs_term_matches_numpy_and_is_the_same_on_eight_devices():
+    rng = np.random.default_rng(0)
+    img, txt = rng.normal(size=(16, 12)).astype(np.float32), rng.normal(size=(16, 12)).astype(np.float32)
+    txt[:4] = img[:4] + 0.1 * txt[:4]  # a few captions that really fit their image
+    ref = phi_reference(img, txt)
+    single = np.asarray(jax.jit(retrieval_specificity)(img, txt))
+    np.testing.assert_allclose(single, ref, atol=1e-5)
+    assert single[:4].mean() > single[4:].mean()
+    mesh = sharding.make_mesh((8,), ("data",))
+    sharded = jax.jit(retrieval_specificity)(sharding.shard_batch(img, mesh), sharding.shard_batch(txt, mesh))
+    np.testing.assert_allclose(np.asarray(sharded), single, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def tiny_world_models(tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    from vlrm_jax.models.itm import Blip2Itm, ItmConfig
+    from vlrm_jax.models.opt import OPTConfig, OPTForCausalLM
+    from vlrm_jax.models.qformer import QFormerConfig
+    from vlrm_jax.models.vit import VisionConfig
+    from vlrm_jax.world.shapes import generate_world
+    from vlrm_jax.world.tokenizers import build_tokenizers
+
+    root = tmp_path_factory.mktemp("reward")
+    paths = build_tokenizers(generate_world(0, 30, 5, image_size=16), root)
+    cap_tok = AutoTokenizer.from_pretrained(str(paths["captioner"]))
+    itm_tok = AutoTokenizer.from_pretrained(str(paths["itm"]))
+    itm_cfg = ItmConfig(
+        vision=VisionConfig(hidden_size=24, intermediate_size=30, num_hidden_layers=2, num_attention_heads=3, image_size=16, patch_size=8),
+        qformer=QFormerConfig(hidden_size=20, intermediate_size=28, num_hidden_layers=2, num_attention_heads=5,
+                              encoder_hidden_size=24, use_qformer_text_input=True, vocab_size=len(itm_tok), max_position_embeddings=40),
+        num_query_tokens=4, image_text_hidden_size=8)
+    opt_cfg = OPTConfig(vocab_size=len(cap_tok), hidden_size=30, ffn_dim=40, num_hidden_layers=2, num_attention_heads=3,
+                        max_position_embeddings=64, word_embed_proj_dim=30)
+    itm = Blip2Itm(itm_cfg, rngs=nnx.Rngs(1))
+    ref = OPTForCausalLM(opt_cfg, rngs=nnx.Rngs(2))
+    return cap_tok, itm_tok, itm, ref
+
+
+def _captions(cap_tok, n=16, length=12, seed=0):
+    texts = ["a red circle", "a small blue square at the left and a large red star on a white background",
+             "a green star a green star", "an image of a red ring", "a cross in 1993"]
+    ids = np.full((n, length), cap_tok.pad_token_id, np.int32)
+    for i in range(n):
+        tok = cap_tok(texts[i % len(texts)], add_special_tokens=False)["input_ids"][: length - (i % 2)]
+        ids[i, : len(tok)] = tok
+        if len(tok) < length and i % 2 == 0:
+            ids[i, len(tok)] = cap_tok.eos_token_id
+    return ids
+
+
+def test_whole_reward_jitted_and_sharded_equals_single_device(tiny_world_models):
+    cap_tok, itm_tok, itm, ref = tiny_world_models
+    retok = Retokenizer(cap_tok, max_new_tokens=12, itm_tokenizer=itm_tok, itm_max_length=24, eos_token_id=cap_tok.eos_token_id)
+    tokens = _captions(cap_tok)
+    pixels = np.random.default_rng(1).normal(size=(16, 16, 16, 3)).astype(np.float32)
+    bos = cap_tok.bos_token_id
+
+    def run(itm_state, ref_state, tokens, pixels, mesh):
+        m_itm, m_ref = nnx.merge(itm_def, itm_state), nnx.merge(ref_def, ref_state)
+        models = RewardModels(itm=m_itm, ref_lm=m_ref)
+        return vlrm_reward(models, RewardConfig.vlrm(), retok, tokens, m_itm.vision_model(pixels), bos_token_id=bos, mesh=mesh)
+
+    itm_def, itm_state = nnx.split(itm)
+    ref_def, ref_state = nnx.split(ref)
+    one_mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    r1, stats1, parts1 = jax.jit(run, static_argnums=4)(itm_state, ref_state, tokens, pixels, one_mesh)
+
+    mesh = sharding.make_mesh((8,), ("data",))
+    r8, stats8, parts8 = jax.jit(run, static_argnums=4)(itm_state, ref_state, sharding.shard_batch(tokens, mesh),
+                                                        sharding.shard_batch(pixels, mesh), mesh)
+    np.testing.assert_allclose(np.asarray(r8), np.asarray(r1), atol=1e-5)
+    for k in parts1:
+        np.testing.assert_allclose(np.asarray(parts8[k]), np.asarray(parts1[k]), atol=1e-5, err_msg=k)
+
+    # the pieces are what they claim: penalties visible, sim = ITM match logit on host-tokenized text
+    parts = jax.tree.map(np.asarray, parts1)
+    assert parts["bad"][3].sum() > 0 and parts["bad"][4].sum() > 0  # "an image of", a year
+    assert parts["repeat"][2].sum() > 0  # repeated "star" (colour "green" exempt)
+    ended = (tokens == cap_tok.eos_token_id).any(axis=1)
+    assert ended.any() and not ended.all()
+    np.testing.assert_array_equal(parts["noeos"], (~ended).astype(np.float32))
+    enc = itm_tok([t.strip() for t in cap_tok.batch_decode(tokens, skip_special_tokens=True)], padding="max_length",
+                  max_length=24, truncation=True, return_tensors="np")
+    expected_sim = np.asarray(itm(pixels, jnp.asarray(enc["input_ids"]), jnp.asarray(enc["attention_mask"])))[:, 1]
+    np.testing.assert_allclose(parts["sim"], expected_sim, atol=1e-5)
+    r = np.asarray(r1)
+    per_caption = parts["sim"] + parts["ref"] - parts["noeos"]
+    expected = per_caption[:, None] - np.cumsum((parts["bad"] + parts["repeat"])[:, ::-1], axis=1)[:, ::-1]
+    np.testing.assert_allclose(r, np.where(parts["mask"], expected, 0), atol=1e-5)
+    assert np.all(parts["ref"] < 0)
