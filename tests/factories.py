@@ -62,6 +62,7 @@ def save_tiny_blip2(path: str, seed: int = 0, eos_scale: float = 1.0, **text_ove
         emb = model.language_model.get_input_embeddings().weight
         emb[model.config.text_config.eos_token_id] *= eos_scale
     model.save_pretrained(path)
+    save_tiny_tokenizer(path)
     return model
 
 
@@ -120,3 +121,20 @@ def right_padded_ids(batch: int, length: int, seed: int = 0, cls: int = 2, sep: 
         ids[b, 0], ids[b, n - 1] = cls, sep
         mask[b, :n] = 1
     return ids, mask
+
+
+def save_tiny_tokenizer(path: str, vocab_size: int = VOCAB):
+    """A word-level tokenizer whose ids cover the tiny models' vocabulary, OPT-style specials
+    (<s>=0, <pad>=1, </s>=2 as BOS and EOS, <unk>=3), saved as a transformers fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
+    vocab.update({f"w{i}": i for i in range(4, vocab_size)})
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="</s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>")
+    fast.save_pretrained(path)
+    return fast
