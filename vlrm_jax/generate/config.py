@@ -17,6 +17,8 @@ class GenerationConfig:
     early_stopping: bool | str = False  # True, False or "never"
     no_repeat_ngram_size: int = 0
     num_return_sequences: int = 1
+    # Benchmarks: never stop on EOS, always generate max_new_tokens (transformers: eos_token_id=None).
+    ignore_eos: bool = False
 
     @classmethod
     def paper_inference(cls, **overrides) -> "GenerationConfig":

@@ -37,12 +37,17 @@ class Rollout(NamedTuple):
 
 def _processed(cfg: GenerationConfig, scores, history, cur_len, step_index, eos: int):
     scores = proc.ban_repeated_ngrams(scores, history, cur_len, cfg.no_repeat_ngram_size)
+    if eos < 0:  # ignore_eos: nothing to suppress
+        return scores
     return proc.suppress_eos(scores, step_index, cfg.min_new_tokens, eos)
 
 
+def _eos(model: Blip2Captioner, cfg: GenerationConfig) -> int:
+    return -1 if cfg.ignore_eos else model.cfg.text.eos_token_id
+
+
 def _greedy_or_sample(model: Blip2Captioner, cfg: GenerationConfig, soft_prompt, key):
-    tcfg = model.cfg.text
-    eos, pad = tcfg.eos_token_id, tcfg.pad_token_id
+    eos, pad = _eos(model, cfg), model.cfg.text.pad_token_id
     n = cfg.max_new_tokens
     if cfg.do_sample and cfg.num_return_sequences > 1:
         soft_prompt = jnp.repeat(soft_prompt, cfg.num_return_sequences, axis=0)
@@ -99,8 +104,7 @@ def _gather(x, idx):
 
 def _beam_search(model: Blip2Captioner, cfg: GenerationConfig, soft_prompt):
     """transformers' vectorised beam search (`GenerationMixin._beam_search`), step for step."""
-    tcfg = model.cfg.text
-    eos, pad = tcfg.eos_token_id, tcfg.pad_token_id
+    eos, pad = _eos(model, cfg), model.cfg.text.pad_token_id
     b, nb, n = soft_prompt.shape[0], cfg.num_beams, cfg.max_new_tokens
     keep = 2 * nb  # max(2, 1 + number of EOS ids) * num_beams, with one EOS id
     p = prompt_length(model)
