@@ -1,0 +1,95 @@
+"""TfdsSource on a mocked coco_captions (tfds.testing.mock_data; nothing is downloaded).
+
+tensorflow is imported inside the tests only (conftest has imported torchvision first).
+TFDS's random mock cannot make a valid coco_captions example (its 'objects' sequence gets
+unequal lengths and inverted boxes), so the mock's example generator is replaced by one that
+encodes valid examples with the dataset's own features; the rest (SkipDecoding, decoding,
+as_dataset) is TFDS's own code.
+"""
+import numpy as np
+import pytest
+
+from tests.data.images import pattern
+from vlrm_jax.data import DecodeOptions, OpenClipPreprocessor
+
+N = 11
+
+
+def _coco_example(k: int) -> dict:
+    return {
+        "image": pattern(40 + 3 * k, 48, seed=k, noise=0),
+        "image/filename": f"COCO_val2014_{k:012d}.jpg",
+        "image/id": 1000 + k,
+        "captions": {"id": np.arange(5) + 10 * k,
+                     "text": np.array([f"caption {j} of image {1000 + k}" for j in range(5)])},
+        "objects": {"area": np.array([4]), "bbox": np.array([[0.1, 0.2, 0.5, 0.6]], np.float32),
+                    "id": np.array([k]), "is_crowd": np.array([False]), "label": np.array([k % 80])},
+    }
+
+
+def _as_arrays(encoded):
+    """TFDS encodes a Sequence as a list of 0-d arrays, which tf.data rejects for strings."""
+    if isinstance(encoded, dict):
+        return {k: _as_arrays(v) for k, v in encoded.items()}
+    if isinstance(encoded, list):
+        items = [x.item() if isinstance(x, np.ndarray) and x.ndim == 0 else x for x in encoded]
+        return np.stack([x.encode() if isinstance(x, str) else x for x in items])
+    return encoded
+
+
+@pytest.fixture
+def mock_coco(monkeypatch):
+    import tensorflow_datasets as tfds
+    from tensorflow_datasets.testing import mocking
+
+    def examples(self):
+        for k in range(self._num_examples):
+            yield _as_arrays(self._features.encode_example(_coco_example(k)))
+
+    monkeypatch.setattr(mocking.EncodedRandomFakeGenerator, "__iter__", examples)
+    with tfds.testing.mock_data(num_examples=N):
+        yield
+
+
+def _source(**kwargs):
+    from vlrm_jax.data.tfds_source import TfdsSource
+    kwargs.setdefault("process_index", 0)
+    kwargs.setdefault("process_count", 1)
+    kwargs.setdefault("decode", DecodeOptions(min_side=8))
+    return TfdsSource("coco_captions", "test", **kwargs)
+
+
+def test_images_keys_and_captions(mock_coco):
+    src = _source(shuffle=False)
+    assert len(src) == N
+    records = list(src.records())
+    assert [r.key for r in records] == [str(1000 + k) for k in range(N)]
+    for k, r in enumerate(records):
+        # JPEG-encoded by TFDS (coco_captions' format), decoded by PIL: JPEG loss only
+        want = pattern(40 + 3 * k, 48, seed=k, noise=0)
+        assert r.image.shape == want.shape
+        assert np.abs(r.image.astype(int) - want).mean() < 4
+        assert r.extras["captions"] == [f"caption {j} of image {1000 + k}" for j in range(5)]
+
+
+def test_hosts_resume_and_padded_batches(mock_coco):
+    hosts = 3
+    keys, batch_counts = [], []
+    for h in range(hosts):
+        src = _source(seed=7, process_index=h, process_count=hosts)
+        full = list(src.records(num_epochs=2))
+        keys += [r.key for r in full[: len(full) // 2]]
+        rest = list(_source(seed=7, process_index=h, process_count=hosts)
+                    .records(num_epochs=2, state=full[1].state))
+        assert [r.key for r in rest] == [r.key for r in full[2:]]
+        batches = list(src.batches(2, transform=OpenClipPreprocessor(24), drop_remainder=False))
+        batch_counts.append(len(batches))
+        assert all(b.images.shape == (2, 24, 24, 3) for b in batches)
+        assert all(len(b.extras["captions"]) == 2 for b in batches)
+    assert sorted(keys) == sorted(str(1000 + k) for k in range(N))
+    assert batch_counts == [2, 2, 2]  # 11 over 3 hosts: 4, 4, 3 -> ceil(4 / 2) batches each
+
+
+def test_unknown_image_feature_is_named(mock_coco):
+    with pytest.raises(KeyError, match="picture"):
+        _source(image_key="picture")

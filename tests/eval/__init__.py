@@ -1,0 +1,1 @@
+"""Tests of vlrm_jax.eval."""
