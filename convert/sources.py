@@ -1,8 +1,8 @@
 """Read PyTorch checkpoints tensor by tensor without loading them whole.
 
-safetensors files are memory-mapped (the header is parsed here, the data is a numpy memmap), so
-converting a 3.8B-parameter checkpoint holds at most the converted output plus one source tensor
-in memory. `pytorch_model.bin` / open_clip `.pt` files are opened with `torch.load(mmap=True)`.
+safetensors files are read one tensor at a time (the header is parsed here, each tensor is read
+from its offset), so converting a 3.8B-parameter checkpoint holds the converted output plus one
+source tensor in memory. `pytorch_model.bin` / open_clip `.pt` files are opened with `torch.load(mmap=True)`.
 """
 from __future__ import annotations
 
@@ -79,9 +79,11 @@ def _safetensors_file(path: str) -> tuple[dict, dict]:
         start, end = info["data_offsets"]
 
         def load(path=path, dtype=dtype, shape=shape, offset=base + start, size=end - start):
+            # A plain read of just this tensor: unlike a memmap, no file pages stay mapped into
+            # the process after the tensor is converted, so peak memory is one tensor at a time.
             if size == 0:
                 return np.zeros(shape, dtype)
-            return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
+            return np.fromfile(path, dtype=dtype, count=size // dtype.itemsize, offset=offset).reshape(shape)
 
         loaders[name], shapes[name] = load, shape
     return loaders, shapes

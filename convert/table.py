@@ -109,7 +109,7 @@ def torch_to_flax(
             )
         target_dtype = abstract[e.target].dtype
         if e.stack_index is None:
-            out[e.target] = np.array(value, dtype=target_dtype)
+            out[e.target] = np.asarray(value, dtype=target_dtype)
         else:
             if e.target not in out:
                 out[e.target] = np.empty(want, dtype=target_dtype)

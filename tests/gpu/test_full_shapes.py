@@ -87,3 +87,56 @@ def test_blip2_opt_27b_bf16_logits_match_transformers_on_gpu():
     # bf16 through 39 + 32 layers: a few 1e-2 of drift, never a structural error
     assert diff.mean() < 0.05 * ref.std()
     assert (ours.argmax(-1) == ref.argmax(-1)).mean() > 0.9
+
+
+def test_blip2_itm_vit_g_bf16_logits_match_transformers_on_gpu():
+    import jax.numpy as jnp
+    import torch
+    from flax import nnx
+    from transformers import Blip2Config, Blip2ForImageTextRetrieval
+
+    from convert import blip2_itm as conv
+    from convert.rules import adapt_legacy_qkv_bias
+    from convert.table import expand, torch_to_flax
+    from vlrm_jax.loading import override_precision
+    from vlrm_jax.models import build
+    from vlrm_jax.models.itm import Blip2Itm, ItmConfig
+    from vlrm_jax.models.qformer import QFormerConfig
+    from vlrm_jax.models.vit import VisionConfig
+
+    vision = dict(hidden_size=1408, intermediate_size=6144, num_hidden_layers=39, num_attention_heads=16,
+                  image_size=224, patch_size=14, qkv_bias=True)
+    qformer = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                   encoder_hidden_size=1408, cross_attention_frequency=2, vocab_size=30523, use_qformer_text_input=True)
+    torch.manual_seed(1)
+    with torch.device("cuda"):
+        hf = Blip2ForImageTextRetrieval(Blip2Config(vision_config=vision, qformer_config=qformer, num_query_tokens=32,
+                                                    image_text_hidden_size=256, image_token_index=None))
+    hf.vision_model.to(torch.bfloat16)
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if "norm" in name.lower() or name == "query_tokens":
+                p.add_(0.1 * torch.randn_like(p))
+    hf.eval()
+    cfg = override_precision(ItmConfig(vision=VisionConfig(), qformer=QFormerConfig(use_qformer_text_input=True)),
+                             "bfloat16", "bfloat16", ("vision",))
+    ctor = lambda: Blip2Itm(cfg, rngs=nnx.Rngs(0))  # noqa: E731
+    source = adapt_legacy_qkv_bias(_source_from_state_dict(hf.state_dict()), "vision_model.", 39)
+    params = torch_to_flax(source, expand(conv.table(cfg), conv.layer_sets(cfg)), build.flat_params(build.abstract(ctor)),
+                           progress=False)
+    model = build.from_params(ctor, params)
+    rng = np.random.default_rng(1)
+    b, t = 8, 24
+    pixels = rng.normal(size=(b, 224, 224, 3)).astype(np.float32)
+    ids = rng.integers(1000, 30000, size=(b, t))
+    mask = np.ones((b, t), np.int64)
+    mask[::2, t // 2:] = 0
+    with torch.no_grad():
+        ref = hf(pixel_values=torch.tensor(pixels, device="cuda").permute(0, 3, 1, 2).to(torch.bfloat16),
+                 input_ids=torch.tensor(ids, device="cuda"), attention_mask=torch.tensor(mask, device="cuda"),
+                 use_image_text_matching_head=True).logits_per_image.float().cpu().numpy()
+    ours = np.asarray(nnx.jit(lambda m, p, i, a: m(p, i, a))(model, jnp.asarray(pixels), jnp.asarray(ids), jnp.asarray(mask)))
+    diff = np.abs(ours - ref)
+    print(f"\nBLIP2-ITM ViT-g bf16 ITM logits: max |diff| {diff.max():.4f}, mean |diff| {diff.mean():.5f}, "
+          f"logit std {ref.std():.3f}")
+    assert diff.max() < 0.1 * max(ref.std(), 1e-3) + 0.05

@@ -79,10 +79,22 @@ def check_kind(model_dir: str, *kinds: str) -> dict:
     return cfg
 
 
+def _numpy_registry():
+    """orbax's default registry, except that numpy arrays are written without the defensive deep
+    copy orbax makes by default: the converter owns its arrays, and the copy doubled peak memory
+    (a 3.6 GB model went from 4.6 GB to 11.4 GB peak RSS while saving)."""
+    from orbax.checkpoint._src.serialization import type_handler_registry as registry
+    from orbax.checkpoint._src.serialization import type_handlers
+
+    handlers = [(t, h) for t, h in registry._DEFAULT_TYPE_HANDLERS if t is not np.ndarray]
+    return registry.create_type_handler_registry(
+        *handlers, (np.ndarray, type_handlers.NumpyHandler(deepcopy_host_arrays=False)))
+
+
 def save_params(params_dir: str, flat: dict[Path, Any]) -> None:
-    ckptr = ocp.StandardCheckpointer()
-    ckptr.save(os.path.abspath(params_dir), nest(flat))
-    ckptr.wait_until_finished()
+    handler = ocp.PyTreeCheckpointHandler(type_handler_registry=_numpy_registry())
+    with ocp.Checkpointer(handler) as ckptr:
+        ckptr.save(os.path.abspath(params_dir), args=ocp.args.PyTreeSave(nest(flat)))
 
 
 def load_params(model_dir: str, abstract: dict[Path, jax.ShapeDtypeStruct]) -> dict[Path, jax.Array]:
