@@ -20,7 +20,8 @@ test: install
 	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q -m "not gpu" tests
 
 test-gpu: install
-	$(PY) -m pytest -q -m gpu tests
+	# torch and JAX share the card: no up-front grab of 75% of its memory by JAX
+	XLA_PYTHON_CLIENT_PREALLOCATE=false $(PY) -m pytest -q -s -m gpu tests
 
 demo: install
 	$(PY) -m vlrm_jax.world.demo --workdir runs/shapes

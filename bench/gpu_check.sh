@@ -6,6 +6,6 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
-python -m pytest -q -s -m gpu tests 2>&1 | tee "$OUT/gpu_tests.txt"
+XLA_PYTHON_CLIENT_PREALLOCATE=false python -m pytest -q -s -m gpu tests 2>&1 | tee "$OUT/gpu_tests.txt"
 python bench/generate.py --out "$OUT" 2>&1 | tail -3
 python ../shared/anchors/hf_baseline.py "$OUT" 2>&1 | tail -2 || python shared/anchors/hf_baseline.py "$OUT" 2>&1 | tail -2

@@ -1,0 +1,67 @@
+"""`vlrm_jax.evaluate` end to end with tiny models: on a mocked TFDS coco_captions and on a folder."""
+import argparse
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tests import factories as F
+from tests.clip import tiny as tiny_clip
+from tests.data.test_tfds_source import mock_coco  # noqa: F401 - the fixture
+from tests.helpers import run_module
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evalmodels")
+    F.save_tiny_blip2(str(root / "cap-hf"), seed=1, eos_scale=2.0)
+    run_module("convert.blip2", "--src", str(root / "cap-hf"), "--dst", str(root / "cap"), "--quiet")
+    config = tiny_clip.register(str(root))
+    torch.save(tiny_clip.create(seed=2).state_dict(), root / "clip.pt")
+    run_module("convert.open_clip", "--model", tiny_clip.NAME, "--model-config", config, "--pretrained",
+               str(root / "clip.pt"), "--dst", str(root / "clip"), "--quiet")
+    return root
+
+
+def _args(models, out, **kw):
+    base = dict(model=str(models / "cap"), clip=str(models / "clip"), dataset="tfds:coco_captions/test", data_dir=None,
+                captions=None, out=str(out), batch_size=4, limit=None, no_center_crop=False, dtype=None, quiet=True)
+    base.update(kw)
+    return argparse.Namespace(**base)
+
+
+def test_evaluate_on_mocked_coco_captions(models, tmp_path, mock_coco):  # noqa: F811
+    from vlrm_jax.evaluate import run
+
+    rows = run(_args(models, tmp_path))
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["images"] == 11 and set(metrics["rows"]) == {"REF", "model"}
+    for row in rows.values():
+        assert 0 <= row["R@1"] <= row["R@5"] <= row["R@10"] <= 1 and 0 < row["MRR"] <= 1
+    captions = [json.loads(line) for line in (tmp_path / "captions.jsonl").read_text().splitlines()]
+    assert len(captions) == 11 and len({c["file"] for c in captions}) == 11
+
+    # the same captions read back from the file give the same numbers (no captioner needed)
+    again = run(_args(models, tmp_path / "again", model=None, captions=str(tmp_path / "captions.jsonl")))
+    assert again["model"] == rows["model"]
+
+
+def test_evaluate_cli_on_a_folder_with_reference_captions(models, tmp_path):
+    from vlrm_jax.world.shapes import generate_world, write_world
+
+    write_world(generate_world(seed=0, n_train=1, n_test=12, image_size=32), tmp_path / "world")
+    (tmp_path / "world" / "test" / "broken.png").write_bytes(b"\x89PNG not really")
+    proc = run_module("vlrm_jax.evaluate", "--model", str(models / "cap"), "--clip", str(models / "clip"),
+                      "--dataset", str(tmp_path / "world" / "test"), "--out", str(tmp_path / "out"),
+                      "--batch-size", "5", "--quiet")
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["images"] == 12 and sum(metrics["skipped"].values()) == 1
+    assert "REF" in metrics["rows"] and "model" in proc.stdout
+    # REF with one full description per image: its recall is computed over those 12 texts
+    assert np.isfinite(metrics["rows"]["REF"]["MRR"])
+
+
+def test_evaluate_needs_a_captioner_or_captions(models, tmp_path):
+    proc = run_module("vlrm_jax.evaluate", "--clip", str(models / "clip"), "--dataset", str(tmp_path), check=False)
+    assert proc.returncode == 2 and "--model or --captions" in proc.stderr

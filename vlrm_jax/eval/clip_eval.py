@@ -1,0 +1,115 @@
+"""CLIP Recall of a captioner on an image source: the paper's evaluation, and the trainer's hook.
+
+For each image of the source: a caption (generated with the paper's beam-search settings on the
+centre-cropped image, or read from a file), and the CLIP image embedding of the centre-cropped
+image. Text-to-image retrieval of every caption among all images gives R@1/5/10, MRR and mean rank
+(`clip_recall`, pessimistic ties). The REF row retrieves with the source's own reference captions
+(COCO: 5 per image), when it has them.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterable, Iterator
+
+import numpy as np
+from tqdm import tqdm
+
+from vlrm_jax.eval.recall import clip_recall
+
+TEXT_BATCH = 256
+
+
+@dataclasses.dataclass
+class EvalSet:
+    keys: list[str]
+    image_emb: np.ndarray  # (N, D) CLIP image embeddings
+    captions: list[str]  # one model caption per image ("" when none)
+    references: list[list[str]]  # reference captions per image (may be empty lists)
+
+
+def _chunks(records: Iterable, size: int) -> Iterator[list]:
+    chunk = []
+    for r in records:
+        chunk.append(r)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _generate_captions(captioner, images, batch_size: int, generation: dict, center_crop: bool) -> list[str]:
+    from vlrm_jax.data.preprocess import Blip2Preprocessor
+
+    pixels = Blip2Preprocessor(captioner.config.vision.image_size, center_crop=center_crop).batch(images)
+    n = len(images)
+    if n < batch_size:  # one compiled shape for every batch
+        pixels = np.concatenate([pixels, np.repeat(pixels[-1:], batch_size - n, 0)])
+    return captioner.decode(captioner.generate(pixels, **generation))[:n]
+
+
+def collect(source, clip, captioner=None, captions: dict[str, str] | None = None, *, batch_size: int = 32,
+            generation: dict | None = None, center_crop: bool = True, limit: int | None = None,
+            progress: bool = True) -> EvalSet:
+    """One pass over `source.records()`: CLIP image embeddings, captions (generated unless given
+    by key) and reference captions. Unreadable images are skipped and counted by the source."""
+    from vlrm_jax.generate import GenerationConfig
+
+    if captioner is None and captions is None:
+        raise ValueError("need a captioner or a captions file")
+    if generation is None:
+        generation = dataclasses.asdict(GenerationConfig.paper_inference())
+    out = EvalSet([], [], [], [])
+    records = source.records()
+    total = min(len(source), limit) if limit else len(source)
+    with tqdm(total=total, unit="img", desc="evaluate", disable=not progress) as bar:
+        for chunk in _chunks(records, batch_size):
+            if limit:
+                chunk = chunk[: max(0, limit - len(out.keys))]
+                if not chunk:
+                    break
+            images = [r.image for r in chunk]
+            keys = [r.key for r in chunk]
+            if captions is not None:
+                missing = [k for k in keys if k not in captions]
+                if missing:
+                    raise KeyError(f"no caption for image {missing[0]!r} in the captions file")
+                texts = [captions[k] for k in keys]
+            else:
+                texts = _generate_captions(captioner, images, batch_size, generation, center_crop)
+            out.keys += keys
+            out.captions += texts
+            out.references += [list(r.extras.get("captions") or []) for r in chunk]
+            out.image_emb.append(clip.encode_image(clip.pixel_values(images)))
+            bar.update(len(chunk))
+    if not out.keys:
+        raise ValueError(f"{getattr(source, 'name', 'source')}: no readable images")
+    out.image_emb = np.concatenate(out.image_emb)
+    return out
+
+
+def embed_texts(clip, texts: list[str]) -> np.ndarray:
+    return np.concatenate([clip.encode_text(clip.tokenize(texts[i : i + TEXT_BATCH]))
+                           for i in range(0, len(texts), TEXT_BATCH)])
+
+
+def recall_table(clip, data: EvalSet, name: str = "model") -> dict[str, dict[str, float]]:
+    """{"REF": ..., name: ...}: recall rows plus mean caption length in words."""
+    rows = {}
+    refs = [(i, t) for i, texts in enumerate(data.references) for t in texts]
+    if refs:
+        idx = np.array([i for i, _ in refs])
+        ref_texts = [t for _, t in refs]
+        rows["REF"] = dict(clip_recall(embed_texts(clip, ref_texts), data.image_emb, text_to_image=idx),
+                           length=float(np.mean([len(t.split()) for t in ref_texts])))
+    rows[name] = dict(clip_recall(embed_texts(clip, data.captions), data.image_emb),
+                      length=float(np.mean([len(t.split()) for t in data.captions])))
+    return rows
+
+
+def format_table(rows: dict[str, dict[str, float]]) -> str:
+    cols = list(next(iter(rows.values())).keys())
+    lines = [f"{'':10s}" + "".join(f"{c:>11s}" for c in cols)]
+    for name, row in rows.items():
+        lines.append(f"{name:10s}" + "".join(f"{row[c]:11.4f}" for c in cols))
+    return "\n".join(lines)
