@@ -114,3 +114,47 @@ def test_whole_reward_jitted_and_sharded_equals_single_device(tiny_world_models)
     expected = per_caption[:, None] - np.cumsum((parts["bad"] + parts["repeat"])[:, ::-1], axis=1)[:, ::-1]
     np.testing.assert_allclose(r, np.where(parts["mask"], expected, 0), atol=1e-5)
     assert np.all(parts["ref"] < 0)
+
+
+def test_rs_reward_with_clip_sharded_equals_single_device(tiny_world_models):
+    """VLRM-RS: sim + 0.3 Phi over the global batch, no ref term; 8 devices = 1 device, and Phi
+    equals the formula on the CLIP embeddings of the host-tokenized captions."""
+    import open_clip
+
+    from vlrm_jax.models.clip import ClipConfig, ClipModel, ClipTextConfig, ClipVisionConfig
+
+    cap_tok, itm_tok, itm, _ = tiny_world_models
+    clip = ClipModel(ClipConfig(embed_dim=12, vision=ClipVisionConfig(image_size=16, patch_size=8, layers=2, width=20, head_width=10),
+                                text=ClipTextConfig(context_length=20, width=20, heads=5, layers=2)), rngs=nnx.Rngs(3))
+    clip_tok = open_clip.get_tokenizer("ViT-B-32", context_length=20)
+    retok = Retokenizer(cap_tok, max_new_tokens=12, itm_tokenizer=itm_tok, itm_max_length=24, clip_tokenizer=clip_tok,
+                        clip_context_length=20, eos_token_id=cap_tok.eos_token_id)
+    tokens = _captions(cap_tok)
+    rng = np.random.default_rng(2)
+    pixels = rng.normal(size=(16, 16, 16, 3)).astype(np.float32)
+    clip_pixels = rng.normal(size=(16, 16, 16, 3)).astype(np.float32)
+    defs = {name: nnx.split(m) for name, m in [("itm", itm), ("clip", clip)]}
+
+    def run(itm_state, clip_state, tokens, pixels, clip_pixels, mesh):
+        m_itm, m_clip = nnx.merge(defs["itm"][0], itm_state), nnx.merge(defs["clip"][0], clip_state)
+        return vlrm_reward(RewardModels(itm=m_itm, clip=m_clip), RewardConfig.vlrm_rs(), retok, tokens,
+                           m_itm.vision_model(pixels), clip_pixels, bos_token_id=cap_tok.bos_token_id, mesh=mesh)
+
+    one_mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    step = jax.jit(run, static_argnums=5)
+    r1, _, p1 = step(defs["itm"][1], defs["clip"][1], tokens, pixels, clip_pixels, one_mesh)
+    mesh = sharding.make_mesh((8,), ("data",))
+    put = lambda x: sharding.shard_batch(x, mesh)  # noqa: E731
+    r8, _, p8 = step(defs["itm"][1], defs["clip"][1], put(tokens), put(pixels), put(clip_pixels), mesh)
+    np.testing.assert_allclose(np.asarray(r8), np.asarray(r1), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(p8["phi"]), np.asarray(p1["phi"]), atol=1e-5)
+
+    texts = [t.strip() for t in cap_tok.batch_decode(tokens, skip_special_tokens=True)]
+    img = np.asarray(clip.encode_image(jnp.asarray(clip_pixels)))
+    txt = np.asarray(clip.encode_text(jnp.asarray(np.asarray(clip_tok(texts)), jnp.int32)))
+    np.testing.assert_allclose(np.asarray(p1["phi"]), phi_reference(img, txt), atol=1e-4)
+    assert np.all(np.asarray(p1["ref"]) == 0)  # VLRM-RS drops the ref term
+    parts = jax.tree.map(np.asarray, p1)
+    per_caption = parts["sim"] + 0.3 * parts["phi"] - parts["noeos"]
+    expected = per_caption[:, None] - np.cumsum((parts["bad"] + parts["repeat"])[:, ::-1], axis=1)[:, ::-1]
+    np.testing.assert_allclose(np.asarray(r1), np.where(parts["mask"], expected, 0), atol=1e-5)
