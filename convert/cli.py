@@ -12,15 +12,22 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".msgpack", "
 NOT_COPIED = {"config.json", "README.md", ".gitattributes"}
 
 
-def base_parser(description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description)
-    p.add_argument("--src", required=True, help="hub id or local save_pretrained folder")
+def add_output_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """--dst, --dtype, --overwrite, --quiet: the output side of every converter."""
     p.add_argument("--dst", required=True, help="output folder (must not exist unless --overwrite)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                   help="store parameters in this dtype (default: keep the source dtype)")
+                   help="store the frozen towers in this dtype (default: the config's float32; "
+                        "the Q-Former and query tokens stay float32)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --dst")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
+
+
+def base_parser(description: str) -> argparse.ArgumentParser:
+    """The transformers converters: --src plus the output arguments."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--src", required=True, help="hub id or local save_pretrained folder")
+    return add_output_args(p)
 
 
 def side_files(src_dir: str) -> list[str]:

@@ -220,12 +220,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="open_clip model name, e.g. ViT-bigG-14")
     p.add_argument("--pretrained", required=True, help="open_clip pretrained tag or a local state-dict file")
     p.add_argument("--model-config", default=None, help="open_clip model config JSON registered under --model")
-    p.add_argument("--dst", required=True, help="output folder (must not exist unless --overwrite)")
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                   help="store parameters in this dtype (default: float32)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --dst")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    return p
+    return cli.add_output_args(p)
 
 
 def main(argv=None):
