@@ -16,6 +16,7 @@ CORE = [
     "safetensors>=0.4",
     "tqdm>=4.66",
     "tensorboard>=2.18",
+    "tensorboardX>=2.6",
     "matplotlib>=3.8",
 ]
 CONVERT = ["torch>=2.9,<=2.14.1", "torchvision>=0.24,<=0.29.1", "open_clip_torch>=3.3,<4"]

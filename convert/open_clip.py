@@ -195,6 +195,15 @@ def _write_json(folder: str, name: str, data: dict) -> str:
     return path
 
 
+def write_side_files(folder: str, oc_cfg: dict, preprocess: dict, model_name: str, pretrained: str) -> list[str]:
+    """The open_clip model config and the preprocessing a model folder carries beside its weights."""
+    return [
+        _write_json(folder, OPEN_CLIP_CONFIG_FILE, {"model_cfg": oc_cfg, "preprocess_cfg": preprocess,
+                                                     "model_name": model_name, "pretrained": pretrained}),
+        _write_json(folder, PREPROCESS_FILE, preprocessor_kwargs(preprocess)),
+    ]
+
+
 def convert(model: str, pretrained: str, dst: str, model_config_path: str | None = None,
             dtype: str | None = None, overwrite: bool = False, progress: bool = True) -> None:
     model = model.replace("/", "-")  # as open_clip.create_model cleans names
@@ -207,11 +216,7 @@ def convert(model: str, pretrained: str, dst: str, model_config_path: str | None
     params = convert_source(open_file(checkpoint), cfg, progress)
     preprocess = preprocess_config(cfg, tag_cfg)
     with tempfile.TemporaryDirectory() as side:
-        files = [
-            _write_json(side, OPEN_CLIP_CONFIG_FILE, {"model_cfg": oc_cfg, "preprocess_cfg": preprocess,
-                                                       "model_name": model, "pretrained": pretrained}),
-            _write_json(side, PREPROCESS_FILE, preprocessor_kwargs(preprocess)),
-        ]
+        files = write_side_files(side, oc_cfg, preprocess, model, pretrained)
         write_model_dir(dst, KIND, cfg.to_dict(), params, extra_files=files, overwrite=overwrite)
 
 

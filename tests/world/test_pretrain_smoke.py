@@ -1,0 +1,154 @@
+"""Shapes-world pre-training and demo, shortened (configs/shapes.py "smoke": a tiny world, a few
+steps per stage): every folder loads through the public API, results.json has its rows and
+columns, a second run reuses every stage, and a changed stage retrains only what depends on it."""
+import json
+
+import numpy as np
+import pytest
+
+from vlrm_jax.world import demo, pretrain, shapes
+from vlrm_jax.world.tokenizers import build_tokenizers
+
+COLUMNS = {"R@1", "R@5", "R@10", "MRR", "mean_rank", "length", "objects", "colours", "absent"}
+
+
+@pytest.fixture(scope="module")
+def smoke_cfg():
+    return demo.load_config(variant="smoke")
+
+
+@pytest.fixture(scope="module")
+def first_run(smoke_cfg, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("shapes")
+    return workdir, demo.run(workdir, smoke_cfg, background=True)  # CLIP in a spawned process
+
+
+def test_demo_writes_results_rows_and_columns(first_run):
+    workdir, summary = first_run
+    rows = json.loads((workdir / "results.json").read_text())
+    assert set(rows) == {"REF", "base"}
+    for row in rows.values():
+        assert set(row) == COLUMNS and all(np.isfinite(v) for v in row.values())
+    assert rows["REF"]["absent"] == 0.0 and rows["REF"]["objects"] > 0  # the full captions are right
+    assert (workdir / "examples.png").stat().st_size > 0
+    assert len((workdir / "test_captions.jsonl").read_text().splitlines()) == summary["base_captions"]["total"]
+    for stage in pretrain.STAGES:
+        assert not summary["stages"][stage]["skipped"]
+        assert (workdir / "plots" / f"{stage}_loss.png").is_file()
+        assert any((workdir / "tb" / stage).iterdir())
+
+
+def test_every_folder_loads_through_the_public_api(first_run, smoke_cfg):
+    from vlrm_jax import Captioner, ClipModel, ItmScorer, ReferenceLM
+
+    workdir, _ = first_run
+    models = workdir / "models"
+    size = smoke_cfg.world.image_size
+    pixels = np.zeros((2, size, size, 3), np.float32)
+
+    captioner = Captioner.load(str(models / "captioner"))
+    ids = np.asarray(captioner.tokenizer(["a red circle", "a blue star"]).input_ids)
+    assert captioner.logits(pixels, ids).shape == (2, ids.shape[1], captioner.config.text.vocab_size)
+    assert len(captioner.caption([np.zeros((size, size, 3), np.uint8)], max_new_tokens=5)) == 1
+
+    lm = ReferenceLM.load(str(models / "reference_lm"))
+    assert lm.logits(ids).shape == (2, ids.shape[1], captioner.config.text.vocab_size)
+
+    itm = ItmScorer.load(str(models / "itm"))
+    enc = itm.tokenizer(["a red circle", "a blue star"], padding=True, return_tensors="np")
+    assert itm.logits(pixels, enc["input_ids"], enc["attention_mask"]).shape == (2, 2)
+
+    clip = ClipModel.load(str(models / "clip"))
+    images = clip.pixel_values([np.zeros((size, size, 3), np.uint8)] * 2)
+    texts = clip.tokenize(["a red circle", "a blue star"])
+    assert clip.encode_image(images).shape == clip.encode_text(texts).shape == (2, clip.config.embed_dim)
+
+
+def test_clip_trains_on_what_its_folder_preprocessing_gives(first_run, smoke_cfg):
+    from vlrm_jax import ClipModel
+
+    workdir, _ = first_run
+    world = shapes.generate_world(smoke_cfg.world.seed, 6, 1, smoke_cfg.world.image_size, smoke_cfg.world.supersample)
+    clip = ClipModel.load(str(workdir / "models" / "clip"))
+    np.testing.assert_array_equal(pretrain.clip_pixels(world.train.images, clip.config.vision.image_size[0]),
+                                  clip.pixel_values(list(world.train.images)))
+
+
+def test_second_run_reuses_every_stage_and_gives_the_same_results(first_run, smoke_cfg):
+    workdir, summary = first_run
+    again = demo.run(workdir, smoke_cfg)
+    assert all(s["skipped"] for s in again["stages"].values())
+    assert again["rows"] == summary["rows"]
+
+
+def test_changed_stage_retrains_itself_and_its_dependents(first_run, smoke_cfg, tmp_path):
+    workdir, _ = first_run
+    cfg = smoke_cfg.copy_and_resolve_references()
+    cfg.itm.steps += 1
+    world = shapes.generate_world(cfg.world.seed, cfg.world.n_train, cfg.world.n_test,
+                                  cfg.world.image_size, cfg.world.supersample)
+    ctx = pretrain.StageContext(pretrain.Workdir(workdir), cfg, world, build_tokenizers(world, tmp_path))
+    results = pretrain.run_all(ctx)
+    assert {s: r.skipped for s, r in results.items()} == {
+        "reference_lm": True, "itm": False, "captioner": False, "clip": True}
+
+
+def test_training_is_deterministic(smoke_cfg, tmp_path):
+    from vlrm_jax import ReferenceLM
+    from vlrm_jax.models import build
+
+    world = shapes.generate_world(smoke_cfg.world.seed, smoke_cfg.world.n_train, smoke_cfg.world.n_test,
+                                  smoke_cfg.world.image_size, smoke_cfg.world.supersample)
+    tokenizers = build_tokenizers(world, tmp_path / "tok")
+    params = []
+    for name in ("a", "b"):
+        ctx = pretrain.StageContext(pretrain.Workdir(tmp_path / name), smoke_cfg, world, tokenizers)
+        pretrain.run_stage(ctx, "reference_lm")
+        params.append(build.flat_params(ReferenceLM.load(str(ctx.workdir.model("reference_lm"))).module))
+    for path, value in params[0].items():
+        np.testing.assert_array_equal(np.asarray(value), np.asarray(params[1][path]), err_msg=str(path))
+
+
+# ---------------------------------------------------------------------------------------------
+# The texts the ITM learns from.
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def scenes():
+    return [shapes.sample_scene(shapes.scene_rng(5, 0, i)) for i in range(200)]
+
+
+def test_complete_description_is_the_full_caption(scenes):
+    for scene in scenes:
+        for t in range(len(shapes.FULL_TEMPLATES)):
+            assert pretrain.render_description(pretrain.complete_description(scene, t)) == shapes.full_caption(scene, t)
+        assert pretrain.render_description(pretrain.terse_description(scene)) == shapes.terse_caption(scene)
+
+
+def test_partial_descriptions_are_true_and_corruptions_are_false(scenes):
+    rng = np.random.default_rng(0)
+    for scene in scenes:
+        partial = pretrain.partial_description(scene, rng)
+        quality = shapes.caption_quality(pretrain.render_description(partial), scene)
+        assert not quality.mentions_absent and quality.objects == len(partial.objects)
+        for base in (partial, pretrain.complete_description(scene)):
+            wrong = pretrain.corrupt(base, scene, rng)
+            assert pretrain.render_description(wrong) != pretrain.render_description(base)
+            changed = [o for o, s, p in zip(wrong.objects, wrong.with_size, wrong.with_position)
+                       if not pretrain._describes(o, s, p, scene)]
+            assert changed or wrong.background != scene.background
+
+
+def test_match_targets_grow_with_the_facts_stated(scenes):
+    floor = 0.1
+    for scene in scenes:
+        full = pretrain.match_target(pretrain.complete_description(scene), scene, floor)
+        terse = pretrain.match_target(pretrain.terse_description(scene), scene, floor)
+        assert full == pytest.approx(1.0) and floor < terse < full
+
+
+def test_memoised_wordpiece_ids_equal_the_tokenizer(scenes, tmp_path):
+    world = shapes.generate_world(0, 20, 4, image_size=8, supersample=1)
+    tok = pretrain.load_tokenizer(build_tokenizers(world, tmp_path)["itm"])
+    rng = np.random.default_rng(1)
+    texts = [t for i, s in enumerate(scenes[:50]) for t, _ in pretrain.itm_texts(s, scenes[i + 1], rng, 0.1)]
+    pretrain.WordPieceIds(tok, 48).check(texts)

@@ -1,0 +1,283 @@
+"""The shapes world end to end on CPU: world, tokenizers, the four pre-trained models, captions
+with the paper's beam search, and CLIP Recall of REF (the full descriptions) against the base
+captioner.
+
+    python -m vlrm_jax.world.demo --workdir runs/shapes [--config configs/shapes.py] [--smoke]
+
+Writes under --workdir: world/ (images and captions.jsonl per split), tokenizers/, models/<stage>/
+(folders that `Captioner.load`, `ReferenceLM.load`, `ItmScorer.load`, `ClipModel.load` read),
+tb/<stage>/ and plots/ (loss curves), test_captions.jsonl, results.json ({row: {column: value}}),
+summary.json (stage timings, losses, caption counts) and examples.png. A second run reuses every
+stage whose config did not change. CLIP, which nothing else depends on, trains in a second process
+while the other stages run (XLA runs these small graphs on about one core; --serial turns it off).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import multiprocessing
+import re
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+
+from vlrm_jax.world import shapes
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "shapes.py"
+RECALL_COLUMNS = ("R@1", "R@5", "R@10", "MRR", "mean_rank")
+QUALITY_COLUMNS = ("length", "objects", "colours", "absent")  # absent: share naming absent things
+
+
+# ----------------------------------------------------------------------------------------------
+# Config, world and tokenizers.
+# ----------------------------------------------------------------------------------------------
+def load_config(path: str | Path | None = None, variant: str = ""):
+    """`get_config(variant)` of an ml_collections config file."""
+    path = Path(path or DEFAULT_CONFIG)
+    spec = importlib.util.spec_from_file_location(f"_shapes_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(variant)
+
+
+WORLD_MARKER = "demo_world.json"  # the world config a world/ folder was written from
+
+
+def prepare_world(world_dir: Path, world_cfg) -> shapes.World:
+    """Generate the world (a pure function of its config) and write it unless already on disk."""
+    world = shapes.generate_world(world_cfg.seed, world_cfg.n_train, world_cfg.n_test,
+                                  world_cfg.image_size, world_cfg.supersample)
+    marker = world_dir / WORLD_MARKER
+    wanted = json.dumps(world_cfg.to_dict(), sort_keys=True)
+    if not marker.is_file() or marker.read_text() != wanted:
+        shapes.write_world(world, world_dir)
+        marker.write_text(wanted)
+    return world
+
+
+def prepare_tokenizers(tokenizer_dir: Path, world: shapes.World) -> dict[str, Path]:
+    from vlrm_jax.world.tokenizers import build_tokenizers
+
+    return build_tokenizers(world, tokenizer_dir)  # about a second, and the same files every time
+
+
+# ----------------------------------------------------------------------------------------------
+# Pre-training, with CLIP in a second process.
+# ----------------------------------------------------------------------------------------------
+def _stage_in_child(root: str, cfg, stage: str, log_path: str) -> None:
+    """Child process: rebuild the (deterministic) world and run one stage, output to a log."""
+    with open(log_path, "w", buffering=1) as log:
+        sys.stdout = sys.stderr = log
+        from vlrm_jax.world import pretrain
+
+        workdir = pretrain.Workdir(Path(root))
+        world = shapes.generate_world(cfg.world.seed, cfg.world.n_train, cfg.world.n_test,
+                                      cfg.world.image_size, cfg.world.supersample)
+        tokenizer_dirs = {"captioner": workdir.tokenizers / "captioner_tokenizer",
+                          "itm": workdir.tokenizers / "itm_tokenizer"}
+        pretrain.run_stage(pretrain.StageContext(workdir, cfg, world, tokenizer_dirs), stage)
+
+
+class BackgroundStage:
+    """One stage in a spawned process; `result()` waits for it and reads its folder's record."""
+
+    def __init__(self, ctx, stage: str):
+        from vlrm_jax.world import pretrain
+
+        self.ctx, self.stage = ctx, stage
+        self.log = ctx.workdir.root / "logs" / f"{stage}.log"
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        self.cached = pretrain.cached_result(ctx.workdir.model(stage), stage, pretrain.stage_hash(ctx.cfg, stage))
+        self.process = None
+        if self.cached is None:
+            spawn = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked JAX state
+            self.process = spawn.Process(target=_stage_in_child, name=f"pretrain-{stage}",
+                                         args=(str(ctx.workdir.root), ctx.cfg, stage, str(self.log)))
+            self.process.start()
+            print(f"[{stage}] training in a background process (log: {self.log})")
+
+    def result(self):
+        from vlrm_jax.world import pretrain
+
+        if self.cached is not None:
+            print(f"[{self.stage}] cached in {self.cached.folder} (trained in {self.cached.seconds:.0f} s)")
+            return self.cached
+        self.process.join()
+        result = pretrain.cached_result(self.ctx.workdir.model(self.stage), self.stage,
+                                        pretrain.stage_hash(self.ctx.cfg, self.stage))
+        if self.process.exitcode != 0 or result is None:
+            tail = "".join(self.log.read_text().splitlines(keepends=True)[-20:])
+            raise RuntimeError(f"stage {self.stage} failed (exit code {self.process.exitcode}); log tail:\n{tail}")
+        print(f"[{self.stage}] trained in the background in {result.seconds:.0f} s")
+        return dataclasses.replace(result, skipped=False)
+
+
+def train_models(ctx, background: bool) -> dict:
+    from vlrm_jax.world import pretrain
+
+    clip = BackgroundStage(ctx, "clip") if background else None
+    results = {stage: pretrain.run_stage(ctx, stage) for stage in ("reference_lm", "itm", "captioner")}
+    results["clip"] = clip.result() if clip else pretrain.run_stage(ctx, "clip")
+    return results
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation.
+# ----------------------------------------------------------------------------------------------
+_OBJECT_RE = re.compile(r"\b(?:(?:small|large) )?({colours}) ({shapes})s?\b".format(
+    colours="|".join(shapes.COLOURS), shapes="|".join(shapes.SHAPES)))
+
+
+def named_objects(caption: str) -> list[tuple[str, str]]:
+    """(colour, shape) of every "[size] colour shape" phrase of a caption."""
+    return _OBJECT_RE.findall(caption.lower())
+
+
+def salient_counts(captions: list[str], scenes, style: str = "sized") -> dict[str, int]:
+    """How many captions name exactly the scene's most salient object (and nothing else), name it
+    among others, name some object of the scene first (right colour and shape), or are exactly
+    the captioner's training target (pretrain.short_caption)."""
+    from vlrm_jax.world.pretrain import short_caption
+
+    counts = {"names_only_salient": 0, "names_salient": 0, "first_is_scene_object": 0, "exact_target": 0}
+    for caption, scene in zip(captions, scenes):
+        salient = shapes.most_salient(scene)
+        objects = named_objects(caption)
+        counts["names_only_salient"] += objects == [(salient.colour, salient.shape)]
+        counts["names_salient"] += (salient.colour, salient.shape) in objects
+        counts["first_is_scene_object"] += bool(objects) and objects[0] in {(o.colour, o.shape) for o in scene.objects}
+        counts["exact_target"] += caption == short_caption(scene, style)
+    return counts
+
+
+def quality_columns(captions: list[str], scenes) -> dict[str, float]:
+    quality = [shapes.caption_quality(c, s) for c, s in zip(captions, scenes)]
+    return {"length": float(np.mean([len(c.split()) for c in captions])),
+            "objects": float(np.mean([q.objects for q in quality])),
+            "colours": float(np.mean([q.colours for q in quality])),
+            "absent": float(np.mean([q.mentions_absent for q in quality]))}
+
+
+def evaluate(workdir, world: shapes.World, cfg) -> tuple[dict, list[str]]:
+    """Captions for the test images (paper's beam search, centre crop as in the paper's CLIP
+    Recall) and the table rows REF and base. The images are read back from world/test, so the
+    numbers are those `python -m vlrm_jax.evaluate` gives on that folder."""
+    from vlrm_jax.api import Captioner
+    from vlrm_jax.clip_api import ClipModel
+    from vlrm_jax.eval.clip_eval import collect, recall_table
+    from vlrm_jax.evaluate import open_source
+
+    captioner = Captioner.load(str(workdir.model("captioner")))
+    clip = ClipModel.load(str(workdir.model("clip")))
+    source = open_source(str(workdir.world / "test"))
+    data = collect(source, clip, captioner, batch_size=cfg.eval.caption_batch_size)
+    scenes = [world.test.scenes[int(Path(key).stem)] for key in data.keys]
+    recall = recall_table(clip, data, name="base")
+    rows = {}
+    for name, captions in (("REF", [shapes.full_caption(s) for s in scenes]), ("base", data.captions)):
+        rows[name] = {**{c: recall[name][c] for c in RECALL_COLUMNS}, **quality_columns(captions, scenes)}
+    return rows, data.captions
+
+
+def format_table(rows: dict) -> str:
+    cols = list(next(iter(rows.values())))
+    lines = [f"{'':6s}" + "".join(f"{c:>10s}" for c in cols)]
+    lines += [f"{name:6s}" + "".join(f"{row[c]:10.3f}" for c in cols) for name, row in rows.items()]
+    return "\n".join(lines)
+
+
+def save_examples(path: Path, split: shapes.Split, captions: list[str], n: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = min(n, len(captions))
+    cols = min(4, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 4.5 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for i, ax in enumerate(axes.ravel()[:n]):
+        ax.imshow(split.images[i], interpolation="nearest")
+        printable = "".join(ch if ch.isprintable() else "?" for ch in captions[i])
+        base = "\n".join(textwrap.wrap(f"base: {printable}", 38))
+        ref = "\n".join(textwrap.wrap(f"REF: {split.full[i]}", 38))
+        ax.set_title(f"{base}\n{ref}", fontsize=7, loc="left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_captions(path: Path, split: shapes.Split, captions: list[str]) -> None:
+    with open(path, "w") as f:
+        for i, caption in enumerate(captions):
+            f.write(json.dumps({"file": f"{i:06d}.png", "caption": caption, "terse": split.terse[i],
+                                "full": split.full[i]}) + "\n")
+
+
+# ----------------------------------------------------------------------------------------------
+# The whole demo.
+# ----------------------------------------------------------------------------------------------
+def run(workdir: str | Path, cfg, background: bool = True) -> dict:
+    from vlrm_jax.world import pretrain
+
+    start = time.perf_counter()
+    wd = pretrain.Workdir(Path(workdir))
+    wd.root.mkdir(parents=True, exist_ok=True)
+    world = prepare_world(wd.world, cfg.world)
+    ctx = pretrain.StageContext(wd, cfg, world, prepare_tokenizers(wd.tokenizers, world))
+    print(f"world: {len(world.train)} train / {len(world.test)} test scenes of {cfg.world.image_size} px "
+          f"in {wd.world} ({time.perf_counter() - start:.1f} s)")
+    stages = train_models(ctx, background)
+    eval_start = time.perf_counter()
+    rows, captions = evaluate(wd, world, cfg)
+    eval_seconds = time.perf_counter() - eval_start
+    counts = salient_counts(captions, world.test.scenes, cfg.captioner.caption_style)
+    (wd.root / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
+    write_captions(wd.root / "test_captions.jsonl", world.test, captions)
+    save_examples(wd.root / "examples.png", world.test, captions, cfg.eval.n_example_images)
+    summary = {
+        "seconds": time.perf_counter() - start, "eval_seconds": eval_seconds,
+        "stages": {name: {k: v for k, v in dataclasses.asdict(r).items() if k not in ("folder",)}
+                   for name, r in stages.items()},
+        "base_captions": {**counts, "total": len(captions)}, "rows": rows,
+    }
+    (wd.root / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
+    _report(summary, wd)
+    return summary
+
+
+def _report(summary: dict, wd) -> None:
+    print("\nstage          seconds  final loss  (skipped = cached)")
+    for name, s in summary["stages"].items():
+        print(f"{name:14s} {s['seconds']:7.1f}  {s['final_loss']:10.4f}  {'skipped' if s['skipped'] else ''}")
+    print(f"evaluation     {summary['eval_seconds']:7.1f}")
+    print("\nCLIP Recall, text-to-image over the test images (REF: the full descriptions):")
+    print(format_table(summary["rows"]))
+    c = summary["base_captions"]
+    n = c["total"]
+    print(f"\nbase captions naming exactly the salient object: {c['names_only_salient']}/{n}; naming it among "
+          f"others: {c['names_salient']}/{n}; naming an object of the scene first: {c['first_is_scene_object']}/{n}; "
+          f"exactly the training caption: {c['exact_target']}/{n}")
+    print(f"wrote {wd.root / 'results.json'}, {wd.root / 'examples.png'}; total {summary['seconds']:.0f} s")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workdir", default="runs/shapes")
+    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="ml_collections config file")
+    p.add_argument("--smoke", action="store_true", help="the seconds-long variant (get_config('smoke'))")
+    p.add_argument("--serial", action="store_true", help="train CLIP in this process, after the others")
+    args = p.parse_args(argv)
+    run(args.workdir, load_config(args.config, "smoke" if args.smoke else ""), background=not args.serial)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
