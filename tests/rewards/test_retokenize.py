@@ -128,3 +128,10 @@ def test_sharded_equals_host(retokenizer, opt_tokenizer, mesh_shape, axis_names,
         assert out[name].dtype == value.dtype, name
         np.testing.assert_array_equal(np.asarray(out[name]), value, err_msg=name)
         assert out[name].sharding.spec[0] == PartitionSpec(batch_axes)[0], name
+
+
+def test_without_a_mesh_the_whole_batch_is_one_callback(retokenizer, opt_tokenizer):
+    ids = generated_ids(opt_tokenizer, CAPTIONS)
+    out = jax.jit(lambda x: retokenize_sharded(retokenizer, x))(ids)
+    for name, value in retokenizer(ids).arrays().items():
+        np.testing.assert_array_equal(np.asarray(out[name]), value, err_msg=name)

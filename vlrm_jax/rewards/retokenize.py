@@ -149,7 +149,8 @@ def retokenize_sharded(
 
     generated_ids (B, T) must be sharded (or shardable) along `batch_axes` of `mesh` (default:
     the mesh set with `jax.set_mesh`); every output is sharded the same way along its first axis.
-    Devices that hold the same shard (other mesh axes) each run the callback on it.
+    Devices that hold the same shard (other mesh axes) each run the callback on it. With no mesh
+    at all (one device, a notebook) the whole batch goes through one callback.
     """
     spec = PartitionSpec(batch_axes)
 
@@ -157,4 +158,6 @@ def retokenize_sharded(
         shapes = retokenizer.output_shapes(*local_ids.shape)
         return jax.pure_callback(retokenizer.host_arrays, shapes, local_ids)
 
+    if mesh is None and jax.sharding.get_abstract_mesh().empty:
+        return per_shard(generated_ids)
     return jax.shard_map(per_shard, mesh=mesh, in_specs=spec, out_specs=spec)(generated_ids)
