@@ -4,6 +4,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+from convert import released_shapes
+
 pytestmark = pytest.mark.gpu
 
 
@@ -23,17 +25,9 @@ def _source_from_state_dict(state_dict):
 
 def _hf_full_blip2():
     import torch
-    from transformers import Blip2Config, Blip2ForConditionalGeneration
+    from transformers import Blip2ForConditionalGeneration
 
-    vision = dict(hidden_size=1408, intermediate_size=6144, num_hidden_layers=39, num_attention_heads=16,
-                  image_size=224, patch_size=14, qkv_bias=True)
-    qformer = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-                   encoder_hidden_size=1408, cross_attention_frequency=2, vocab_size=30523)
-    text = dict(model_type="opt", hidden_size=2560, num_hidden_layers=32, ffn_dim=10240, num_attention_heads=32,
-                vocab_size=50272, max_position_embeddings=2048, word_embed_proj_dim=2560, bos_token_id=2,
-                eos_token_id=2, pad_token_id=1)
-    cfg = Blip2Config(vision_config=vision, qformer_config=qformer, text_config=text, num_query_tokens=32,
-                      image_token_index=50265)
+    cfg = released_shapes.blip2_opt_2_7b()
     torch.manual_seed(0)
     with torch.device("cuda"):
         model = Blip2ForConditionalGeneration(cfg)
@@ -93,7 +87,7 @@ def test_blip2_itm_vit_g_bf16_logits_match_transformers_on_gpu():
     import jax.numpy as jnp
     import torch
     from flax import nnx
-    from transformers import Blip2Config, Blip2ForImageTextRetrieval
+    from transformers import Blip2ForImageTextRetrieval
 
     from convert import blip2_itm as conv
     from convert.rules import adapt_legacy_qkv_bias
@@ -104,14 +98,9 @@ def test_blip2_itm_vit_g_bf16_logits_match_transformers_on_gpu():
     from vlrm_jax.models.qformer import QFormerConfig
     from vlrm_jax.models.vit import VisionConfig
 
-    vision = dict(hidden_size=1408, intermediate_size=6144, num_hidden_layers=39, num_attention_heads=16,
-                  image_size=224, patch_size=14, qkv_bias=True)
-    qformer = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-                   encoder_hidden_size=1408, cross_attention_frequency=2, vocab_size=30523, use_qformer_text_input=True)
     torch.manual_seed(1)
     with torch.device("cuda"):
-        hf = Blip2ForImageTextRetrieval(Blip2Config(vision_config=vision, qformer_config=qformer, num_query_tokens=32,
-                                                    image_text_hidden_size=256, image_token_index=None))
+        hf = Blip2ForImageTextRetrieval(released_shapes.blip2_itm_vit_g())
     hf.vision_model.to(torch.bfloat16)
     with torch.no_grad():
         for name, p in hf.named_parameters():
