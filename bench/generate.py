@@ -11,7 +11,6 @@ same card (bench/gpu_check.sh does both). `--tiny` runs small shapes, for a CPU 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys

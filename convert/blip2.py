@@ -12,7 +12,7 @@ from flax import nnx
 
 from convert import cli, rules
 from convert.sources import open_hf_dir, resolve_hf
-from convert.table import expand, torch_to_flax
+from convert.table import expand, iter_torch_to_flax
 from vlrm_jax.checkpoint.model_dir import write_model_dir
 from vlrm_jax.loading import override_precision
 from vlrm_jax.models import build
@@ -98,7 +98,7 @@ def convert(src: str, dst: str, dtype: str | None = None, overwrite: bool = Fals
     source = rules.adapt_legacy_qkv_bias(open_hf_dir(model_dir), "vision_model.", cfg.vision.num_hidden_layers)
     abstract = build.flat_params(build.abstract(lambda: Blip2Captioner(cfg, rngs=nnx.Rngs(0))))
     entries = expand(table(cfg), layer_sets(cfg))
-    params = torch_to_flax(source, entries, abstract, ignore=TIED_KEYS, progress=progress)
+    params = iter_torch_to_flax(source, entries, abstract, ignore=TIED_KEYS, progress=progress)
     write_model_dir(dst, KIND, cfg.to_dict(), params, hf_config=hf_config,
                     extra_files=cli.side_files(model_dir), overwrite=overwrite)
 

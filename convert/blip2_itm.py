@@ -12,7 +12,7 @@ from flax import nnx
 from convert import cli, rules
 from convert.blip2 import qformer_config, vision_config
 from convert.sources import open_hf_dir, resolve_hf
-from convert.table import Rule, expand, torch_to_flax
+from convert.table import Rule, expand, iter_torch_to_flax
 from vlrm_jax.checkpoint.model_dir import write_model_dir
 from vlrm_jax.loading import override_precision
 from vlrm_jax.models import build
@@ -58,7 +58,7 @@ def convert(src: str, dst: str, dtype: str | None = None, overwrite: bool = Fals
     cfg = override_precision(cfg, None, dtype, ("vision",))  # the Q-Former stays fp32
     source = rules.adapt_legacy_qkv_bias(open_hf_dir(model_dir), "vision_model.", cfg.vision.num_hidden_layers)
     abstract = build.flat_params(build.abstract(lambda: Blip2Itm(cfg, rngs=nnx.Rngs(0))))
-    params = torch_to_flax(source, expand(table(cfg), layer_sets(cfg)), abstract, progress=progress)
+    params = iter_torch_to_flax(source, expand(table(cfg), layer_sets(cfg)), abstract, progress=progress)
     write_model_dir(dst, KIND, cfg.to_dict(), params, hf_config=hf_config,
                     extra_files=cli.side_files(model_dir), overwrite=overwrite)
 

@@ -23,13 +23,14 @@ import os
 import shutil
 import sys
 import tempfile
+from typing import Iterator
 
 import numpy as np
 from flax import nnx
 
 from convert import cli, rules
 from convert.sources import TensorSource, open_file
-from convert.table import CONV, IDENTITY, LINEAR, Rule, Transform, expand, torch_to_flax
+from convert.table import CONV, IDENTITY, LINEAR, Rule, Transform, expand, iter_torch_to_flax
 from vlrm_jax.checkpoint.model_dir import write_model_dir
 from vlrm_jax.clip_api import KIND, OPEN_CLIP_CONFIG_FILE, PREPROCESS_FILE
 from vlrm_jax.loading import override_precision
@@ -106,11 +107,12 @@ def strip_module_prefix(source: TensorSource) -> TensorSource:
                         {k[len("module."):]: source.shape(k) for k in keys}, source.origin)
 
 
-def convert_source(source: TensorSource, cfg: ClipConfig, progress: bool = True) -> dict[tuple, np.ndarray]:
-    """Flat Flax parameters of `ClipModel(cfg)` from an open_clip state dict (strict)."""
+def convert_source(source: TensorSource, cfg: ClipConfig, progress: bool = True) -> Iterator[tuple[tuple, np.ndarray]]:
+    """(path, array) of every Flax parameter of `ClipModel(cfg)` from an open_clip state dict
+    (strict), one at a time (see table.iter_torch_to_flax)."""
     abstract = build.flat_params(build.abstract(lambda: ClipModel(cfg, rngs=nnx.Rngs(0))))
     entries = expand(table(cfg), layer_sets(cfg))
-    return torch_to_flax(strip_module_prefix(source), entries, abstract, progress=progress)
+    return iter_torch_to_flax(strip_module_prefix(source), entries, abstract, progress=progress)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from flax import nnx
 from convert import cli, rules
 from convert.blip2 import opt_config
 from convert.sources import open_hf_dir, resolve_hf
-from convert.table import expand, torch_to_flax
+from convert.table import expand, iter_torch_to_flax
 from vlrm_jax.checkpoint.model_dir import write_model_dir
 from vlrm_jax.loading import override_precision
 from vlrm_jax.models import build
@@ -50,8 +50,8 @@ def convert(src: str, dst: str, dtype: str | None = None, overwrite: bool = Fals
     cfg, hf_config = config_from_hf(model_dir)
     cfg = override_precision(cfg, None, dtype, ("",))
     abstract = build.flat_params(build.abstract(lambda: OPTForCausalLM(cfg, rngs=nnx.Rngs(0))))
-    params = torch_to_flax(open_hf_dir(model_dir), expand(table(cfg), layer_sets(cfg)), abstract,
-                           ignore=TIED_KEYS, progress=progress)
+    params = iter_torch_to_flax(open_hf_dir(model_dir), expand(table(cfg), layer_sets(cfg)), abstract,
+                                ignore=TIED_KEYS, progress=progress)
     write_model_dir(dst, KIND, dataclasses.asdict(cfg), params, hf_config=hf_config,
                     extra_files=cli.side_files(model_dir), overwrite=overwrite)
 

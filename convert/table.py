@@ -4,14 +4,14 @@ A `Rule` maps one PyTorch tensor name to one Flax parameter path, both written a
 `{i}` for a layer index. A rule with `layers=` expands over the named layer set; if its target has
 no `{i}`, the layers are stacked on a new leading axis (layers that run under `lax.scan`).
 
-The same table runs both ways: `torch_to_flax` (strict: every expected source tensor must exist
+The same table runs both ways: `iter_torch_to_flax` / `torch_to_flax` (strict: every expected source tensor must exist
 with the right shape, every source tensor must be claimed by a rule, every Flax parameter must be
 produced) and `flax_to_torch` (the inverse transforms, for the way back to transformers).
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 from tqdm import tqdm
@@ -70,18 +70,20 @@ def expand(table: Iterable[Rule], layer_sets: dict[str, Iterable[int]]) -> list[
     return entries
 
 
-def torch_to_flax(
+def iter_torch_to_flax(
     source: TensorSource,
     entries: list[Entry],
     abstract: dict[tuple, "jax.ShapeDtypeStruct"],  # noqa: F821
     *,
     ignore: Iterable[str] = (),
     progress: bool = True,
-) -> dict[tuple, np.ndarray]:
-    """Fill every Flax parameter in `abstract` from `source`, cast to the parameter's dtype.
-    Raises ConversionError naming the first missing, unexpected or mis-shaped key."""
-    by_source = {e.source: e for e in entries}
+) -> Iterator[tuple[tuple, np.ndarray]]:
+    """Yield (path, array) for every Flax parameter in `abstract`, each cast to its dtype, one
+    finished parameter at a time: a caller that writes and drops them (`write_model_dir`) holds
+    one parameter, not the model. The source's key set is checked before any tensor is read;
+    ConversionError names the first missing, unexpected or mis-shaped key."""
     ignore = set(ignore)
+    by_source = {e.source: e for e in entries}
     missing = [e.source for e in entries if e.source not in source]
     if missing:
         raise ConversionError(f"{source.origin}: missing tensor {missing[0]!r} ({len(missing)} missing in all)")
@@ -90,31 +92,44 @@ def torch_to_flax(
         raise ConversionError(
             f"{source.origin}: unexpected tensor {unexpected[0]!r} ({len(unexpected)} unexpected in all)"
         )
-    produced = {e.target for e in entries}
-    unfilled = [p for p in abstract if p not in produced]
-    if unfilled:  # a table bug, not a bad source: say which parameter no rule produces
-        raise ConversionError(f"no rule produces parameter {'.'.join(map(str, unfilled[0]))}")
-
-    out: dict[tuple, np.ndarray] = {}
-    for e in tqdm(entries, desc="convert", unit="tensor", disable=not progress, leave=False):
+    by_target: dict[tuple, list[Entry]] = {}
+    for e in entries:
         if e.target not in abstract:
             raise ConversionError(f"rule for {e.source!r} targets unknown parameter {'.'.join(map(str, e.target))}")
-        want = tuple(abstract[e.target].shape)
-        want_one = want[1:] if e.stack_index is not None else want
-        value = e.transform.to_flax(source.load(e.source))
-        if tuple(value.shape) != want_one:
-            raise ConversionError(
-                f"{source.origin}: tensor {e.source!r} has shape {tuple(source.shape(e.source))}, "
-                f"expected {_torch_shape(e.transform, want_one)}"
-            )
-        target_dtype = abstract[e.target].dtype
-        if e.stack_index is None:
-            out[e.target] = np.asarray(value, dtype=target_dtype)
-        else:
-            if e.target not in out:
-                out[e.target] = np.empty(want, dtype=target_dtype)
-            out[e.target][e.stack_index] = value
-    return out
+        by_target.setdefault(e.target, []).append(e)
+    for path, want in abstract.items():  # table bugs, not bad sources: say which parameter
+        parts = by_target.get(path, [])
+        stacked = [e.stack_index for e in parts if e.stack_index is not None]
+        complete = sorted(stacked) == list(range(want.shape[0])) if stacked else len(parts) == 1
+        if not complete:
+            raise ConversionError(f"the rules do not produce parameter {'.'.join(map(str, path))} exactly once")
+
+    with tqdm(total=len(entries), desc="convert", unit="tensor", disable=not progress, leave=False) as bar:
+        for path, want in abstract.items():
+            shape, dtype = tuple(want.shape), want.dtype
+            out = None
+            for e in by_target[path]:
+                want_one = shape[1:] if e.stack_index is not None else shape
+                value = e.transform.to_flax(source.load(e.source))
+                if tuple(value.shape) != want_one:
+                    raise ConversionError(
+                        f"{source.origin}: tensor {e.source!r} has shape {tuple(source.shape(e.source))}, "
+                        f"expected {_torch_shape(e.transform, want_one)}"
+                    )
+                if e.stack_index is None:
+                    out = np.asarray(value, dtype=dtype)
+                else:
+                    if out is None:
+                        out = np.empty(shape, dtype=dtype)
+                    out[e.stack_index] = value
+                bar.update()
+            yield path, out
+
+
+def torch_to_flax(source: TensorSource, entries: list[Entry], abstract, *, ignore: Iterable[str] = (),
+                  progress: bool = True) -> dict[tuple, np.ndarray]:
+    """All of `iter_torch_to_flax` in one dict (tests, in-memory use)."""
+    return dict(iter_torch_to_flax(source, entries, abstract, ignore=ignore, progress=progress))
 
 
 def _torch_shape(transform: Transform, flax_shape: tuple) -> tuple:

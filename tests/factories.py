@@ -7,7 +7,6 @@ keeps greedy and beam decoding free of near-ties.
 """
 from __future__ import annotations
 
-import os
 
 import numpy as np
 

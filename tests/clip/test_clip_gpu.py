@@ -79,7 +79,7 @@ def compare_bf16(model_cfg: dict, device: str, batch: int, seed: int = 0) -> dic
 
     reference = _random_open_clip_bf16(model_cfg, device, seed)
     cfg = override_precision(ClipConfig.from_open_clip(model_cfg), "bfloat16", "bfloat16", ("vision", "text"))
-    params = conv.convert_source(_source_from_state_dict(reference.state_dict()), cfg, progress=False)
+    params = dict(conv.convert_source(_source_from_state_dict(reference.state_dict()), cfg, progress=False))
     model = build.from_params(lambda: ClipModel(cfg, rngs=nnx.Rngs(0)), params)
 
     rng = np.random.default_rng(seed)

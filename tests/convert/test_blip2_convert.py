@@ -63,7 +63,6 @@ def test_legacy_q_v_bias_layout_converts(tiny):
 
     src = _damaged(root, "legacy", legacy)
     run_module("convert.blip2", "--src", str(src), "--dst", str(root / "legacy-jax"), "--quiet")
-    from vlrm_jax.checkpoint import model_dir as md
     from vlrm_jax import Captioner
 
     bias = np.asarray(Captioner.load(str(root / "legacy-jax")).module.vision_model.layers.qkv.bias[...])

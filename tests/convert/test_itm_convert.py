@@ -1,5 +1,4 @@
 """convert.blip2_itm is as strict as the captioner converter."""
-import shutil
 
 import pytest
 import torch

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tests.data.images import bad_and_odd_files, encode, pattern, write_files
-from vlrm_jax.data import DecodeOptions, FolderSource, OpenClipPreprocessor, TarSource
+from vlrm_jax.data import FolderSource, OpenClipPreprocessor, TarSource
 
 N_GOOD = 23
 BAD = ["empty.jpg", "truncated.jpg", "text.jpg", "tiny_1x1.png"]

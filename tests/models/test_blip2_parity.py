@@ -46,7 +46,6 @@ def test_vision_and_soft_prompt_match(converted):
     pixels = F.random_pixels(3, seed=3)
     with torch.no_grad():
         feats = hf.get_image_features(torch.tensor(pixels).permute(0, 3, 1, 2), return_dict=True)
-    from flax import nnx
     import jax.numpy as jnp
 
     image = cap.module.vision_model(jnp.asarray(pixels))

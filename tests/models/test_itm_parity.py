@@ -81,6 +81,6 @@ def test_sharing_check_both_ways(converted, tmp_path):
     assert not report.shared and "fc2.bias" in report.reason
 
     assert reference_lm_shared(cap.module, ReferenceLM.load(str(tmp_path / "cap-jax")).module).shared
-    other = F.save_tiny_opt(str(tmp_path / "opt"), seed=1)
+    F.save_tiny_opt(str(tmp_path / "opt"), seed=1)
     run_module("convert.opt", "--src", str(tmp_path / "opt"), "--dst", str(tmp_path / "opt-jax"), "--quiet")
     assert not reference_lm_shared(cap.module, ReferenceLM.load(str(tmp_path / "opt-jax")).module).shared

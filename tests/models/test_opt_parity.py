@@ -1,5 +1,4 @@
 """OPT reference LM: transformers -> convert CLI -> vlrm_jax; full forward and KV-cached decoding."""
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import json
 import os
 import shutil
 import tempfile
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator, Mapping
 
 import jax
 import numpy as np
@@ -92,37 +93,48 @@ def _numpy_registry():
         *handlers, (np.ndarray, type_handlers.NumpyHandler(deepcopy_host_arrays=False)))
 
 
-def _groups(flat: dict[Path, Any], max_bytes: int) -> list[dict[Path, Any]]:
-    """Consecutive groups of parameters of at most max_bytes each (one big array stays alone)."""
-    groups, current, size = [], {}, 0
-    for path, value in flat.items():
-        nbytes = int(np.prod(value.shape)) * np.dtype(value.dtype).itemsize
-        if current and size + nbytes > max_bytes:
-            groups.append(current)
-            current, size = {}, 0
-        current[path] = value
-        size += nbytes
-    if current:
-        groups.append(current)
-    return groups
-
-
-def save_params(params_dir: str, flat: dict[Path, Any], max_shard_bytes: int = SHARD_BYTES) -> None:
+def save_params(params_dir: str, flat: Mapping[Path, Any] | Iterable[tuple[Path, Any]],
+                max_shard_bytes: int = SHARD_BYTES) -> None:
     """One orbax checkpoint per group of about max_shard_bytes, under params_dir/NNNNN.
 
-    Written in groups because tensorstore holds a group's encoded chunks in memory until it
-    commits: one checkpoint for a 3.6 GB model peaked at 7.8 GB resident; groups bound the extra
-    to about one group."""
+    `flat` is a dict or an iterator of (path, array) pairs (a converter's stream). A group is
+    written as soon as it is full (an array of max_shard_bytes or more goes alone) and released
+    before the next pair is drawn, so a stream is never held beyond one group. Groups, because
+    tensorstore holds a checkpoint's encoded chunks in memory until it commits (one checkpoint
+    for a 3.6 GB model peaked at 7.8 GB resident)."""
+    items = flat.items() if isinstance(flat, Mapping) else flat
     handler = ocp.PyTreeCheckpointHandler(type_handler_registry=_numpy_registry())
     os.makedirs(params_dir, exist_ok=True)
+    written = 0
+
+    def write(group: dict) -> None:
+        nonlocal written
+        ckptr.save(os.path.abspath(os.path.join(params_dir, f"{written:05d}")), args=ocp.args.PyTreeSave(nest(group)))
+        written += 1
+
     with ocp.Checkpointer(handler) as ckptr:
-        for i, group in enumerate(_groups(flat, max_shard_bytes)):
-            ckptr.save(os.path.abspath(os.path.join(params_dir, f"{i:05d}")), args=ocp.args.PyTreeSave(nest(group)))
-            _release_freed_memory()
+        group, size = {}, 0
+        for path, value in items:
+            nbytes = int(np.prod(value.shape)) * np.dtype(value.dtype).itemsize
+            if group and size + nbytes > max_shard_bytes:
+                write(group)
+                group, size = {}, 0
+                _release_freed_memory()
+            group[path] = value
+            size += nbytes
+            del value  # the group holds it; nothing else here may keep it past the group's write
+            if size >= max_shard_bytes:
+                write(group)
+                group, size = {}, 0
+                _release_freed_memory()
+        if group:
+            write(group)
 
 
 def _release_freed_memory() -> None:
-    """Hand the freed write buffers back to the OS (glibc keeps small freed blocks otherwise)."""
+    """Free what the last write left: orbax's save leaves reference cycles that keep the group's
+    arrays alive until the cycle collector happens to run, and glibc keeps small freed blocks."""
+    gc.collect()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except OSError:  # not glibc: nothing to do
@@ -205,12 +217,14 @@ def write_model_dir(
     dst: str,
     kind: str,
     model_config: dict,
-    flat_params: dict[Path, Any],
+    flat_params: Mapping[Path, Any] | Iterable[tuple[Path, Any]],
     *,
     hf_config: dict | None = None,
     extra_files: list[str] = (),
     overwrite: bool = False,
 ) -> None:
+    """Write a model folder atomically. flat_params may be a converter's stream of (path, array)
+    pairs: it is consumed group by group, and an error raised by it leaves no folder behind."""
     with staged_dir(dst, overwrite) as tmp:
         save_params(os.path.join(tmp, PARAMS_DIR), flat_params)
         with open(os.path.join(tmp, CONFIG_FILE), "w") as f:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 
 from vlrm_jax.rewards.retokenize import Retokenizer, retokenize_sharded
