@@ -86,9 +86,14 @@ class Blip2Captioner(nnx.Module):
     def __call__(self, pixel_values, input_ids, attention_mask=None):
         """pixel_values (B, H, W, 3); input_ids (B, T) text ids starting with BOS (left padding
         allowed). Returns fp32 logits (B, T, V) for the text positions."""
+        return self.text_logits(self.vision_model(pixel_values), input_ids, attention_mask)
+
+    def text_logits(self, image_embeds, input_ids, attention_mask=None):
+        """The same from vision-model states (B, N, D): a frozen ViT's output computed once can
+        serve many text batches, and the reward models that share its trunk."""
         if attention_mask is None:
             attention_mask = jnp.ones(input_ids.shape, jnp.int32)
-        prompt = self.soft_prompt(self.vision_model(pixel_values))
+        prompt = self.soft_prompt(image_embeds)
         embeds, mask = self.prompt_inputs(prompt, input_ids, attention_mask)
         hidden, _ = self.language_model.decode(embeds, position_ids(mask), causal_mask(mask))
         return self.language_model.lm_head(hidden[:, prompt.shape[1] :])

@@ -45,7 +45,7 @@ from vlrm_jax.metrics import ScalarLog
 from vlrm_jax.models import build, common
 from vlrm_jax.models.blip2 import Blip2Captioner, Blip2Config
 from vlrm_jax.models.itm import Blip2Itm, ItmConfig
-from vlrm_jax.models.opt import OPTConfig, OPTForCausalLM, causal_mask, position_ids
+from vlrm_jax.models.opt import OPTConfig, OPTForCausalLM
 from vlrm_jax.models.qformer import QFormerConfig
 from vlrm_jax.models.vit import VisionConfig
 from vlrm_jax.world import shapes
@@ -753,14 +753,6 @@ def captioner_config(cfg, itm_cfg: ItmConfig, lm_cfg: OPTConfig) -> Blip2Config:
                        num_query_tokens=scfg.num_query_tokens, image_token_index=None)
 
 
-def captioner_logits(model: Blip2Captioner, image_embeds, ids, mask):
-    """Blip2Captioner's forward from vision states: the frozen ViT runs once for the whole set."""
-    prompt = model.soft_prompt(image_embeds)
-    embeds, full_mask = model.prompt_inputs(prompt, ids, mask)
-    hidden, _ = model.language_model.decode(embeds, position_ids(full_mask), causal_mask(full_mask))
-    return model.language_model.lm_head(hidden[:, prompt.shape[1]:])
-
-
 def vision_states(vit: nnx.Module, pixels: np.ndarray, chunk: int = 250) -> np.ndarray:
     """The frozen ViT's output for every image, computed once for a whole stage."""
     graphdef, state = nnx.split(vit)
@@ -809,7 +801,7 @@ def train_captioner(ctx: StageContext) -> StageResult:
                 "lm_ids": lm_ids[lm_rows], "lm_mask": lm_mask[lm_rows]}
 
     def loss_fn(model, batch):
-        logits = captioner_logits(model, batch["states"], batch["ids"], batch["mask"])
+        logits = model.text_logits(batch["states"], batch["ids"], batch["mask"])
         loss = next_token_loss(logits, batch["ids"], batch["mask"])
         if scfg.train_language_model:  # keep every caption style while the image prompt asks for terse ones
             lm_logits = model.language_model(batch["lm_ids"], batch["lm_mask"])
