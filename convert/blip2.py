@@ -50,20 +50,24 @@ def opt_config(hf) -> OPTConfig:
     return _pick(OPTConfig, hf, remove_final_layer_norm="_remove_final_layer_norm")
 
 
-def config_from_hf(model_dir: str) -> tuple[Blip2Config, dict]:
-    from transformers import AutoConfig
-
-    hf = AutoConfig.from_pretrained(model_dir)
+def config_from_hf_config(hf, origin: str = "config") -> Blip2Config:
+    """This package's config from a transformers Blip2Config (BLIP2 with an OPT language model)."""
     if hf.model_type != "blip-2" or hf.text_config.model_type != "opt":
-        raise ValueError(f"{model_dir}: expected a BLIP2 model with an OPT language model, got "
+        raise ValueError(f"{origin}: expected a BLIP2 model with an OPT language model, got "
                          f"{hf.model_type}/{getattr(hf.text_config, 'model_type', None)}")
-    cfg = Blip2Config(
+    return Blip2Config(
         vision=vision_config(hf.vision_config),
         qformer=qformer_config(hf.qformer_config),
         text=opt_config(hf.text_config),
         num_query_tokens=hf.num_query_tokens,
         image_token_index=hf.image_token_index,
     )
+
+
+def config_from_hf(model_dir: str) -> tuple[Blip2Config, dict]:
+    from transformers import AutoConfig
+
+    cfg = config_from_hf_config(AutoConfig.from_pretrained(model_dir), model_dir)
     with open(os.path.join(model_dir, "config.json")) as f:
         return cfg, json.load(f)
 

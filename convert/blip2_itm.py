@@ -21,16 +21,19 @@ from vlrm_jax.models.itm import Blip2Itm, ItmConfig
 KIND = "blip2_itm"
 
 
+def config_from_hf_config(hf, origin: str = "config") -> ItmConfig:
+    """This package's config from a transformers Blip2Config of Blip2ForImageTextRetrieval."""
+    if hf.model_type != "blip-2" or "Blip2ForImageTextRetrieval" not in (hf.architectures or []):
+        raise ValueError(f"{origin}: expected a Blip2ForImageTextRetrieval model "
+                         f"(got {hf.model_type}, {hf.architectures})")
+    return ItmConfig(vision=vision_config(hf.vision_config), qformer=qformer_config(hf.qformer_config),
+                     num_query_tokens=hf.num_query_tokens, image_text_hidden_size=hf.image_text_hidden_size)
+
+
 def config_from_hf(model_dir: str) -> tuple[ItmConfig, dict]:
     from transformers import AutoConfig
 
-    hf = AutoConfig.from_pretrained(model_dir)
-    if hf.model_type != "blip-2" or "Blip2ForImageTextRetrieval" not in (hf.architectures or []):
-        raise ValueError(f"{model_dir}: expected a Blip2ForImageTextRetrieval model "
-                         f"(got {hf.model_type}, {hf.architectures})")
-    qf = qformer_config(hf.qformer_config)
-    cfg = ItmConfig(vision=vision_config(hf.vision_config), qformer=qf,
-                    num_query_tokens=hf.num_query_tokens, image_text_hidden_size=hf.image_text_hidden_size)
+    cfg = config_from_hf_config(AutoConfig.from_pretrained(model_dir), model_dir)
     with open(os.path.join(model_dir, "config.json")) as f:
         return cfg, json.load(f)
 

@@ -25,7 +25,8 @@ jax.config.update("jax_default_matmul_precision", "highest")
 def pytest_collection_modifyitems(config, items):
     """Tests marked `gpu` run only where both JAX and torch see a GPU (`make test-gpu`);
     elsewhere they are reported as skipped, never as passed."""
-    if not any("gpu" in item.keywords for item in items):
+    # the marker, not item.keywords: those also hold directory names (tests/gpu/)
+    if not any(item.get_closest_marker("gpu") for item in items):
         return
     try:
         import torch
@@ -39,5 +40,5 @@ def pytest_collection_modifyitems(config, items):
 
     skip = pytest.mark.skip(reason="needs a GPU visible to both JAX and torch")
     for item in items:
-        if "gpu" in item.keywords:
+        if item.get_closest_marker("gpu"):
             item.add_marker(skip)
