@@ -4,9 +4,10 @@ A `Rule` maps one PyTorch tensor name to one Flax parameter path, both written a
 `{i}` for a layer index. A rule with `layers=` expands over the named layer set; if its target has
 no `{i}`, the layers are stacked on a new leading axis (layers that run under `lax.scan`).
 
-The same table runs both ways: `iter_torch_to_flax` / `torch_to_flax` (strict: every expected source tensor must exist
-with the right shape, every source tensor must be claimed by a rule, every Flax parameter must be
-produced) and `flax_to_torch` (the inverse transforms, for the way back to transformers).
+The same table runs both ways: `iter_torch_to_flax` / `torch_to_flax` (strict: every expected
+source tensor must exist with the right shape, every source tensor must be claimed by a rule,
+every Flax parameter must be produced) and `flax_to_torch` (the inverse transforms, for the way
+back to transformers).
 """
 from __future__ import annotations
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
+import itertools
 import json
 import os
 import shutil
@@ -105,30 +106,28 @@ def save_params(params_dir: str, flat: Mapping[Path, Any] | Iterable[tuple[Path,
     items = flat.items() if isinstance(flat, Mapping) else flat
     handler = ocp.PyTreeCheckpointHandler(type_handler_registry=_numpy_registry())
     os.makedirs(params_dir, exist_ok=True)
-    written = 0
-
-    def write(group: dict) -> None:
-        nonlocal written
-        ckptr.save(os.path.abspath(os.path.join(params_dir, f"{written:05d}")), args=ocp.args.PyTreeSave(nest(group)))
-        written += 1
-
+    group: dict[Path, Any] = {}
+    names = (f"{i:05d}" for i in itertools.count())
     with ocp.Checkpointer(handler) as ckptr:
-        group, size = {}, 0
+
+        def flush() -> None:
+            ckptr.save(os.path.abspath(os.path.join(params_dir, next(names))), args=ocp.args.PyTreeSave(nest(group)))
+            group.clear()  # the only reference to a streamed group's arrays
+            _release_freed_memory()
+
         for path, value in items:
-            nbytes = int(np.prod(value.shape)) * np.dtype(value.dtype).itemsize
-            if group and size + nbytes > max_shard_bytes:
-                write(group)
-                group, size = {}, 0
-                _release_freed_memory()
+            if group and _nbytes(group) + _nbytes({path: value}) > max_shard_bytes:
+                flush()
             group[path] = value
-            size += nbytes
-            del value  # the group holds it; nothing else here may keep it past the group's write
-            if size >= max_shard_bytes:
-                write(group)
-                group, size = {}, 0
-                _release_freed_memory()
+            del value  # nothing here may keep an array past its group's write
+            if _nbytes(group) >= max_shard_bytes:
+                flush()
         if group:
-            write(group)
+            flush()
+
+
+def _nbytes(group: dict[Path, Any]) -> int:
+    return sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in group.values())
 
 
 def _release_freed_memory() -> None:
