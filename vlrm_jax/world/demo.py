@@ -184,13 +184,6 @@ def evaluate(workdir, world: shapes.World, cfg) -> tuple[dict, list[str]]:
     return rows, data.captions
 
 
-def format_table(rows: dict) -> str:
-    cols = list(next(iter(rows.values())))
-    lines = [f"{'':6s}" + "".join(f"{c:>10s}" for c in cols)]
-    lines += [f"{name:6s}" + "".join(f"{row[c]:10.3f}" for c in cols) for name, row in rows.items()]
-    return "\n".join(lines)
-
-
 def save_examples(path: Path, split: shapes.Split, captions: list[str], n: int) -> None:
     import matplotlib
 
@@ -254,6 +247,8 @@ def run(workdir: str | Path, cfg, background: bool = True) -> dict:
 
 
 def _report(summary: dict, wd) -> None:
+    from vlrm_jax.eval.clip_eval import format_table
+
     print("\nstage          seconds  final loss  (skipped = cached)")
     for name, s in summary["stages"].items():
         print(f"{name:14s} {s['seconds']:7.1f}  {s['final_loss']:10.4f}  {'skipped' if s['skipped'] else ''}")
