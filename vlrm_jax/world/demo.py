@@ -92,7 +92,7 @@ class BackgroundStage:
         self.ctx, self.stage = ctx, stage
         self.log = ctx.workdir.root / "logs" / f"{stage}.log"
         self.log.parent.mkdir(parents=True, exist_ok=True)
-        self.cached = pretrain.cached_result(ctx.workdir.model(stage), stage, pretrain.stage_hash(ctx.cfg, stage))
+        self.cached = pretrain.cached_result(ctx, stage)
         self.process = None
         if self.cached is None:
             spawn = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked JAX state
@@ -108,8 +108,7 @@ class BackgroundStage:
             print(f"[{self.stage}] cached in {self.cached.folder} (trained in {self.cached.seconds:.0f} s)")
             return self.cached
         self.process.join()
-        result = pretrain.cached_result(self.ctx.workdir.model(self.stage), self.stage,
-                                        pretrain.stage_hash(self.ctx.cfg, self.stage))
+        result = pretrain.cached_result(self.ctx, self.stage)
         if self.process.exitcode != 0 or result is None:
             tail = "".join(self.log.read_text().splitlines(keepends=True)[-20:])
             raise RuntimeError(f"stage {self.stage} failed (exit code {self.process.exitcode}); log tail:\n{tail}")

@@ -115,14 +115,15 @@ def stage_hash(cfg, stage: str) -> str:
                     "config": cfg[stage].to_dict(), "upstream": upstream})
 
 
-def cached_result(folder: Path, stage: str, digest: str) -> StageResult | None:
-    record_path = folder / STAGE_FILE
+def cached_result(ctx: StageContext, stage: str) -> StageResult | None:
+    """The stage's folder, when it holds this very stage (same hash); None otherwise."""
+    record_path = ctx.workdir.model(stage) / STAGE_FILE
     if not record_path.is_file():
         return None
     record = json.loads(record_path.read_text())
-    if record.get("hash") != digest:
+    if record.get("hash") != stage_hash(ctx.cfg, stage):
         return None
-    return StageResult(stage, folder, True, record["seconds"], record["final_loss"], record["metrics"])
+    return StageResult(stage, ctx.workdir.model(stage), True, record["seconds"], record["final_loss"], record["metrics"])
 
 
 def _save_stage(ctx: StageContext, stage: str, kind: str, model_config: dict, module: nnx.Module,
@@ -893,7 +894,7 @@ TRAINERS = {"reference_lm": train_reference_lm, "itm": train_itm, "captioner": t
 
 def run_stage(ctx: StageContext, stage: str) -> StageResult:
     """Train `stage` unless its folder already holds the same stage (same hash)."""
-    cached = cached_result(ctx.workdir.model(stage), stage, stage_hash(ctx.cfg, stage))
+    cached = cached_result(ctx, stage)
     if cached is not None:
         print(f"[{stage}] cached in {cached.folder} (trained in {cached.seconds:.0f} s)")
         return cached
