@@ -71,6 +71,12 @@ def main(argv=None):
            "params_M": round(sum(x.size for x in jax.tree.leaves(state)) / 1e6, 1)}
     size = cfg.vision.image_size
     key = jax.random.key(0)
+    os.makedirs(args.out, exist_ok=True)
+
+    def record():  # after every measurement: a run cut short by its time limit keeps what it measured
+        print(json.dumps(out), flush=True)
+        with open(os.path.join(args.out, "generate.json"), "w") as f:
+            json.dump(out, f, indent=1)
 
     def run(batch, gen):
         pixels = jax.random.normal(key, (batch, size, size, 3), jnp.bfloat16 if not args.tiny else jnp.float32)
@@ -81,21 +87,19 @@ def main(argv=None):
         px = jax.random.normal(key, (b, size, size, 3))
         first, best = timed(lambda: vit(state, px), args.reps)
         out[f"vit_B{b}_s"] = round(best, 3)
+    record()
     sample = GenerationConfig(do_sample=True, top_k=6, temperature=2.0, max_new_tokens=60, ignore_eos=True)
     for b in sample_sizes:
         first, best = run(b, sample)
         out[f"sample_B{b}_compile_s"] = round(first - best, 1)
         out[f"sample_B{b}_s"], out[f"sample_B{b}_caps_per_s"] = round(best, 3), round(b / best, 1)
-        print(json.dumps(out), flush=True)
+        record()
     beam = GenerationConfig(num_beams=5, no_repeat_ngram_size=2, max_new_tokens=60, ignore_eos=True)
     for b in beam_sizes:
         first, best = run(b, beam)
         out[f"beam5_B{b}_compile_s"] = round(first - best, 1)
         out[f"beam5_B{b}_s"], out[f"beam5_B{b}_caps_per_s"] = round(best, 3), round(b / best, 1)
-        print(json.dumps(out), flush=True)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "generate.json"), "w") as f:
-        json.dump(out, f, indent=1)
+        record()
     return out
 
 

@@ -14,14 +14,17 @@ if ls .whl/*.whl >/dev/null 2>&1; then
         && export PYTHONPATH="$PYTHONPATH:/tmp/site"
 fi
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
-# torch and JAX share the card: no up-front grab of 75% of its memory by JAX
-XLA_PYTHON_CLIENT_PREALLOCATE=false python3 -m pytest -q -s -p no:cacheprovider -m gpu tests 2>&1 | tee "$OUT/gpu_tests.txt"
-python3 bench/generate.py --out "$OUT" ${DRY_RUN:+--tiny} 2>&1 | tee "$OUT/bench.txt" | tail -20
+# Most needed first, each stage bounded so that one call (10 minutes at most) reaches the end:
+# our benchmark, the transformers anchor on the same card, then the full-size GPU parity tests.
+timeout "${BENCH_S:-270}" python3 bench/generate.py --out "$OUT" ${DRY_RUN:+--tiny} 2>&1 | tee "$OUT/bench.txt" | tail -3
 ANCHOR=$(ls .anchors/hf_baseline.py ../shared/anchors/hf_baseline.py 2>/dev/null | head -1)
 if [ -n "${DRY_RUN:-}" ]; then
     echo "dry run: anchor skipped" | tee "$OUT/anchor.txt"
 elif [ -n "$ANCHOR" ]; then
-    python3 "$ANCHOR" "$OUT" 2>&1 | tee "$OUT/anchor.txt" | tail -3
+    timeout "${ANCHOR_S:-150}" python3 "$ANCHOR" "$OUT" 2>&1 | tee "$OUT/anchor.txt" | tail -3
 else
     echo "no hf_baseline.py (run bench/gpu_wheels.sh here and carry .anchors)" | tee "$OUT/anchor.txt"
 fi
+# torch and JAX share the card: no up-front grab of 75% of its memory by JAX
+XLA_PYTHON_CLIENT_PREALLOCATE=false timeout "${TESTS_S:-150}" python3 -m pytest -q -s -p no:cacheprovider -m gpu tests 2>&1 \
+    | tee "$OUT/gpu_tests.txt" | grep -E "diff|passed|failed|skipped|Error"
