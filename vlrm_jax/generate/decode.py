@@ -46,7 +46,7 @@ def step(model: Blip2Captioner, cache: KVCache, tokens, slot):
     """Feed tokens (R,) at cache slot `slot` -> (fp32 logits (R, V), cache)."""
     lm = model.language_model
     embeds = lm.embed(tokens[:, None])
-    slots = jnp.arange(cache.k.shape[2])
+    slots = jnp.arange(cache.length)
     mask = (slots <= slot)[None, None, None, :]
     positions = jnp.full((tokens.shape[0], 1), slot, jnp.int32)
     hidden, cache = lm.decode(embeds, positions, mask, cache, slot)

@@ -114,7 +114,7 @@ def _beam_search(model: Blip2Captioner, cfg: GenerationConfig, soft_prompt):
 
     logits, cache = prefill(model, soft_prompt, n)
     logits = jnp.repeat(logits, nb, axis=0)  # every beam starts from the same prompt
-    cache = jax.tree.map(lambda c: jnp.repeat(c, nb, axis=1), cache)
+    cache = jax.tree.map(lambda c: jnp.repeat(c, nb, axis=0), cache)
     seq = jnp.concatenate([prompt_ids(model, b * nb), jnp.full((b * nb, n), pad, jnp.int32)], axis=1)
     seq = seq.reshape(b, nb, max_length)
     init = dict(
@@ -167,7 +167,7 @@ def _beam_search(model: Blip2Captioner, cfg: GenerationConfig, soft_prompt):
 
         # the cache follows the surviving beams, then takes their new tokens
         flat_parent = (running_parent + jnp.arange(b)[:, None] * nb).reshape(-1)
-        cache = jax.tree.map(lambda c: jnp.take(c, flat_parent, axis=1), s["cache"])
+        cache = jax.tree.map(lambda c: jnp.take(c, flat_parent, axis=0), s["cache"])
         logits, cache = step(model, cache, running[:, :, cur].reshape(-1), cur)
 
         # early-stopping heuristic on the new length

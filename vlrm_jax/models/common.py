@@ -151,3 +151,11 @@ def scan_stack(stack: nnx.Module, body: Callable, carry: Any, xs: Any = None) ->
         return body(nnx.merge(graphdef, layer_state), c, x)
 
     return jax.lax.scan(step, carry, (state, xs))
+
+
+def unstack(stack: nnx.Module) -> list[nnx.Module]:
+    """The layers of a `make_stack` stack as separate modules (static slices of the stacked
+    parameters), for code that must unroll the layers, e.g. to give each its own buffer."""
+    graphdef, state = nnx.split(stack)
+    num = jax.tree.leaves(state)[0].shape[0]
+    return [nnx.merge(graphdef, jax.tree.map(lambda a, i=i: a[i], state)) for i in range(num)]
