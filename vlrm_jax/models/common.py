@@ -104,19 +104,21 @@ def param(rngs: nnx.Rngs, shape: Sequence[int], axes: tuple, dtype=jnp.float32, 
     return nnx.Param(value, logical_axes=axes)
 
 
-def attention(q: Array, k: Array, v: Array, mask: Array | None, scale: float) -> Array:
-    """Softmax attention with heads: q (B, Tq, H, D), k/v (B, Tk, H, D), mask broadcastable to
-    (B, H, Tq, Tk), True where attending is allowed.
+def attention(q: Array, k: Array, v: Array, mask: Array | None, scale: float, heads_first_kv: bool = False) -> Array:
+    """Softmax attention with heads: q (B, Tq, H, D), k/v (B, Tk, H, D) or, with heads_first_kv,
+    (B, H, Tk, D) (a KV cache kept in the layout the score and output products read without a
+    transpose), mask broadcastable to (B, H, Tq, Tk), True where attending is allowed.
 
     Masked scores take the dtype's most negative finite value, as transformers does, so a row with
     no allowed key (a left-padding position) gives finite values instead of NaN; such rows never
     feed a valid position. Scores and softmax run in fp32 whatever the compute dtype.
     """
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+    kv = "bhkd" if heads_first_kv else "bkhd"
+    scores = jnp.einsum(f"bqhd,{kv}->bhqk", q, k, preferred_element_type=jnp.float32) * scale
     if mask is not None:
         scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+    return jnp.einsum(f"bhqk,{kv}->bqhd", weights, v)
 
 
 def split_heads(x: Array, num_heads: int) -> Array:

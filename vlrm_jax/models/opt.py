@@ -49,26 +49,27 @@ class OPTConfig:
 
 
 class KVCache(NamedTuple):
-    """Keys and values, one (B, max_len, heads, head_dim) buffer per layer.
+    """Keys and values, one (B, heads, max_len, head_dim) buffer per layer.
 
     Separate buffers, not one stacked (layers, ...) array: a decode step then writes the new
     token into each layer's buffer and attention reads it where it lies, while slicing a layer
     out of a stacked array (as `lax.scan` over layers does) copies the whole slab every step,
-    which dominated decoding time at OPT-2.7B shapes. The batch axis is 0 of every buffer."""
+    which dominated decoding time at OPT-2.7B shapes. Heads before positions: the layout both
+    attention products read without transposing the cache. The batch axis is 0 of every buffer."""
 
     k: tuple[jax.Array, ...]
     v: tuple[jax.Array, ...]
 
     @classmethod
     def zeros(cls, cfg: OPTConfig, batch: int, max_len: int, dtype=None) -> "KVCache":
-        shape = (batch, max_len, cfg.num_attention_heads, cfg.head_dim)
+        shape = (batch, cfg.num_attention_heads, max_len, cfg.head_dim)
         dtype = dtype or common.to_dtype(cfg.dtype)
         layers = range(cfg.num_hidden_layers)
         return cls(tuple(jnp.zeros(shape, dtype) for _ in layers), tuple(jnp.zeros(shape, dtype) for _ in layers))
 
     @property
     def length(self) -> int:
-        return self.k[0].shape[1]
+        return self.k[0].shape[2]
 
 
 def position_ids(attention_mask: jax.Array) -> jax.Array:
@@ -108,10 +109,11 @@ class OPTBlock(nnx.Module):
         q = common.split_heads(self.q_proj(h), self.num_heads)
         k = common.split_heads(self.k_proj(h), self.num_heads)
         v = common.split_heads(self.v_proj(h), self.num_heads)
-        if kv is not None:
-            k = jax.lax.dynamic_update_slice_in_dim(kv[0], k.astype(kv[0].dtype), cache_index, axis=1)
-            v = jax.lax.dynamic_update_slice_in_dim(kv[1], v.astype(kv[1].dtype), cache_index, axis=1)
-        x = x + self.out_proj(common.merge_heads(common.attention(q, k, v, mask, self.scale)))
+        if kv is not None:  # the cache is (B, H, S, D): only the new tokens are transposed
+            k = jax.lax.dynamic_update_slice_in_dim(kv[0], k.swapaxes(1, 2).astype(kv[0].dtype), cache_index, axis=2)
+            v = jax.lax.dynamic_update_slice_in_dim(kv[1], v.swapaxes(1, 2).astype(kv[1].dtype), cache_index, axis=2)
+        attn = common.attention(q, k, v, mask, self.scale, heads_first_kv=kv is not None)
+        x = x + self.out_proj(common.merge_heads(attn))
         if not self.pre_norm:
             x = self.self_attn_layer_norm(x)
         h = self.final_layer_norm(x) if self.pre_norm else x
