@@ -4,8 +4,9 @@
     python bench/convert_memory.py --model blip2-opt-2.7b [--workdir DIR]         # full BLIP2, 15.5 GB
 
 Prints the source size, the wall time and the converter process's peak resident memory. The
-converter holds the converted parameters plus one source tensor plus about one 1 GB write group,
-so peak ~ output + 1 GB + the Python/JAX baseline (~0.9 GB).
+converter streams (convert.table.iter_torch_to_flax into save_params): it holds the parameter
+being converted and the write group being saved (about 1 GB, or one bigger stacked array),
+not the model.
 """
 from __future__ import annotations
 
@@ -74,6 +75,7 @@ def main(argv=None):
     peak = int(proc.stderr.rsplit("PEAK_KB", 1)[1].split()[0]) * 1024
     print(f"{args.model}: source {size / 1e9:.2f} GB fp32 -> converted in {time.time() - t:.1f} s, "
           f"converter peak RSS {peak / 1e9:.2f} GB")
+
 
 if __name__ == "__main__":
     main()

@@ -144,7 +144,7 @@ def scan_stack(stack: nnx.Module, body: Callable, carry: Any, xs: Any = None) ->
     """Run `body(layer, carry, x) -> (carry, y)` over the stacked layers with `lax.scan`.
 
     One compiled layer body however deep the model is: compile time stays flat from 3 layers
-    to 39. `xs` and the returned ys carry a leading layer axis (e.g. one KV cache per layer).
+    to 39. `xs` and the returned ys carry a leading layer axis (one slice per layer).
     """
     graphdef, state = nnx.split(stack)
 

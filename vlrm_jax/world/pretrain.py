@@ -284,19 +284,9 @@ def scene_facts(scene: shapes.Scene) -> int:
     return 4 * len(scene.objects) + 1
 
 
-def _article(word: str) -> str:
-    return "an" if word[0] in "aeiou" else "a"
-
-
-def _object_words(obj: shapes.SceneObject, with_size: bool, with_position: bool) -> str:
-    words = ([obj.size] if with_size else []) + [obj.colour, obj.shape]
-    text = f"{_article(words[0])} {' '.join(words)}"
-    return f"{text} {shapes.CELL_PHRASES[obj.cell]}" if with_position else text
-
-
 def render_description(d: Description) -> str:
-    phrases = [_object_words(o, s, p) for o, s, p in zip(d.objects, d.with_size, d.with_position)]
-    objects = phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
+    objects = shapes.join_phrases([shapes.object_phrase(o, s, p)
+                                   for o, s, p in zip(d.objects, d.with_size, d.with_position)])
     if d.background is None:
         return objects
     return shapes.FULL_TEMPLATES[d.template].format(objects=objects, background=d.background)
@@ -768,7 +758,7 @@ def short_caption(scene: shapes.Scene, style: str) -> str:
     if style == "terse":
         return shapes.terse_caption(scene)
     if style == "sized":
-        return _object_words(shapes.most_salient(scene), True, False)
+        return shapes.object_phrase(shapes.most_salient(scene), True, False)
     raise ValueError(f"unknown caption style {style!r}; expected 'terse' or 'sized'")
 
 

@@ -137,18 +137,22 @@ def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
-def object_phrase(obj: SceneObject) -> str:
-    return f"a {obj.size} {obj.colour} {obj.shape} {CELL_PHRASES[obj.cell]}"
+def object_phrase(obj: SceneObject, with_size: bool = True, with_position: bool = True) -> str:
+    """"a small red circle at the top left"; size and position can be left out."""
+    words = ([obj.size] if with_size else []) + [obj.colour, obj.shape]
+    text = f"{_article(words[0])} {' '.join(words)}"
+    return f"{text} {CELL_PHRASES[obj.cell]}" if with_position else text
 
 
-def _join(phrases: list[str]) -> str:
+def join_phrases(phrases: list[str]) -> str:
+    """"x", "x and y", "x, y and z"."""
     if len(phrases) == 1:
         return phrases[0]
     return ", ".join(phrases[:-1]) + " and " + phrases[-1]
 
 
 def full_caption(scene: Scene, template: int = 0) -> str:
-    objects = _join([object_phrase(o) for o in scene.objects])
+    objects = join_phrases([object_phrase(o) for o in scene.objects])
     return FULL_TEMPLATES[template].format(objects=objects, background=scene.background)
 
 
