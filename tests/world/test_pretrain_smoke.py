@@ -85,8 +85,7 @@ def test_changed_stage_retrains_itself_and_its_dependents(first_run, smoke_cfg, 
     workdir, _ = first_run
     cfg = smoke_cfg.copy_and_resolve_references()
     cfg.itm.steps += 1
-    world = shapes.generate_world(cfg.world.seed, cfg.world.n_train, cfg.world.n_test,
-                                  cfg.world.image_size, cfg.world.supersample)
+    world = demo.make_world(cfg.world)
     ctx = pretrain.StageContext(pretrain.Workdir(workdir), cfg, world, build_tokenizers(world, tmp_path))
     results = pretrain.run_all(ctx)
     assert {s: r.skipped for s, r in results.items()} == {
@@ -97,8 +96,7 @@ def test_training_is_deterministic(smoke_cfg, tmp_path):
     from vlrm_jax import ReferenceLM
     from vlrm_jax.models import build
 
-    world = shapes.generate_world(smoke_cfg.world.seed, smoke_cfg.world.n_train, smoke_cfg.world.n_test,
-                                  smoke_cfg.world.image_size, smoke_cfg.world.supersample)
+    world = demo.make_world(smoke_cfg.world)
     tokenizers = build_tokenizers(world, tmp_path / "tok")
     params = []
     for name in ("a", "b"):

@@ -48,10 +48,15 @@ def load_config(path: str | Path | None = None, variant: str = ""):
 WORLD_MARKER = "demo_world.json"  # the world config a world/ folder was written from
 
 
+def make_world(world_cfg) -> shapes.World:
+    """The world of a config's `world` block (a pure function of it)."""
+    return shapes.generate_world(world_cfg.seed, world_cfg.n_train, world_cfg.n_test,
+                                 world_cfg.image_size, world_cfg.supersample)
+
+
 def prepare_world(world_dir: Path, world_cfg) -> shapes.World:
     """Generate the world (a pure function of its config) and write it unless already on disk."""
-    world = shapes.generate_world(world_cfg.seed, world_cfg.n_train, world_cfg.n_test,
-                                  world_cfg.image_size, world_cfg.supersample)
+    world = make_world(world_cfg)
     marker = world_dir / WORLD_MARKER
     wanted = json.dumps(world_cfg.to_dict(), sort_keys=True)
     if not marker.is_file() or marker.read_text() != wanted:
@@ -69,18 +74,14 @@ def prepare_tokenizers(tokenizer_dir: Path, world: shapes.World) -> dict[str, Pa
 # ----------------------------------------------------------------------------------------------
 # Pre-training, with CLIP in a second process.
 # ----------------------------------------------------------------------------------------------
-def _stage_in_child(root: str, cfg, stage: str, log_path: str) -> None:
+def _stage_in_child(root: str, cfg, tokenizer_dirs: dict, stage: str, log_path: str) -> None:
     """Child process: rebuild the (deterministic) world and run one stage, output to a log."""
     with open(log_path, "w", buffering=1) as log:
         sys.stdout = sys.stderr = log
         from vlrm_jax.world import pretrain
 
-        workdir = pretrain.Workdir(Path(root))
-        world = shapes.generate_world(cfg.world.seed, cfg.world.n_train, cfg.world.n_test,
-                                      cfg.world.image_size, cfg.world.supersample)
-        tokenizer_dirs = {"captioner": workdir.tokenizers / "captioner_tokenizer",
-                          "itm": workdir.tokenizers / "itm_tokenizer"}
-        pretrain.run_stage(pretrain.StageContext(workdir, cfg, world, tokenizer_dirs), stage)
+        ctx = pretrain.StageContext(pretrain.Workdir(Path(root)), cfg, make_world(cfg.world), tokenizer_dirs)
+        pretrain.run_stage(ctx, stage)
 
 
 class BackgroundStage:
@@ -97,7 +98,7 @@ class BackgroundStage:
         if self.cached is None:
             spawn = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked JAX state
             self.process = spawn.Process(target=_stage_in_child, name=f"pretrain-{stage}",
-                                         args=(str(ctx.workdir.root), ctx.cfg, stage, str(self.log)))
+                                         args=(str(ctx.workdir.root), ctx.cfg, ctx.tokenizer_dirs, stage, str(self.log)))
             self.process.start()
             print(f"[{stage}] training in a background process (log: {self.log})")
 
