@@ -8,11 +8,11 @@ import os
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # torch shares the card with JAX
 
-import ml_dtypes  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from tests.clip import tiny  # noqa: E402
+from tests.helpers import source_from_state_dict  # noqa: E402
 
 SOT, EOT = 49406, 49407
 
@@ -25,20 +25,6 @@ def _has_gpu() -> bool:
         return torch.cuda.is_available() and any(d.platform == "gpu" for d in jax.devices())
     except Exception:  # noqa: BLE001 - any import/back-end failure means no usable GPU
         return False
-
-
-def _source_from_state_dict(state_dict):
-    """A TensorSource over an in-memory torch state dict (skips the round trip to disk)."""
-    import torch
-
-    from convert.sources import TensorSource
-
-    def to_numpy(t):
-        t = t.detach().cpu()
-        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16) if t.dtype == torch.bfloat16 else t.numpy()
-
-    return TensorSource({k: (lambda t=v: to_numpy(t)) for k, v in state_dict.items()},
-                        {k: tuple(v.shape) for k, v in state_dict.items()}, "memory")
 
 
 def _random_open_clip_bf16(model_cfg: dict, device: str, seed: int):
@@ -79,7 +65,7 @@ def compare_bf16(model_cfg: dict, device: str, batch: int, seed: int = 0) -> dic
 
     reference = _random_open_clip_bf16(model_cfg, device, seed)
     cfg = override_precision(ClipConfig.from_open_clip(model_cfg), "bfloat16", "bfloat16", ("vision", "text"))
-    params = dict(conv.convert_source(_source_from_state_dict(reference.state_dict()), cfg, progress=False))
+    params = dict(conv.convert_source(source_from_state_dict(reference.state_dict()), cfg, progress=False))
     model = build.from_params(lambda: ClipModel(cfg, rngs=nnx.Rngs(0)), params)
 
     rng = np.random.default_rng(seed)

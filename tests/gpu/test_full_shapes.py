@@ -13,7 +13,7 @@ import pytest  # noqa: E402
 
 from convert import released_shapes  # noqa: E402
 from tests import factories as F  # noqa: E402
-from tests.clip.test_clip_gpu import _source_from_state_dict  # noqa: E402
+from tests.helpers import source_from_state_dict  # noqa: E402
 
 
 def _perturb_constants(model):
@@ -33,7 +33,7 @@ def _convert(conv, hf, cfg, ctor, ignore=()):
     from convert.table import expand, torch_to_flax
     from vlrm_jax.models import build
 
-    source = adapt_legacy_qkv_bias(_source_from_state_dict(hf.state_dict()), "vision_model.",
+    source = adapt_legacy_qkv_bias(source_from_state_dict(hf.state_dict()), "vision_model.",
                                    cfg.vision.num_hidden_layers)
     params = torch_to_flax(source, expand(conv.table(cfg), conv.layer_sets(cfg)),
                            build.flat_params(build.abstract(ctor)), ignore=ignore, progress=False)
