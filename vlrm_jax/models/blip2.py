@@ -47,6 +47,16 @@ class Blip2Config:
         return dataclasses.replace(self, **kw)
 
 
+# What the policy update trains (the paper's A2C and the shapes world's captioner stage): the
+# query tokens, Q-Former and language projection; the ViT and OPT stay frozen.
+POLICY_TRAINABLE = ("query_tokens", "qformer", "language_projection")
+
+
+def parts_filter(parts: tuple[str, ...]) -> nnx.filterlib.Filter:
+    """An nnx filter of the parameters under the named top-level attributes."""
+    return nnx.All(nnx.Param, lambda path, _: path[0] in parts)
+
+
 class Blip2Captioner(nnx.Module):
     def __init__(self, cfg: Blip2Config, *, rngs: nnx.Rngs):
         self.cfg = cfg

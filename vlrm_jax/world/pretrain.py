@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from vlrm_jax.checkpoint.model_dir import write_model_dir
 from vlrm_jax.metrics import ScalarLog
 from vlrm_jax.models import build, common
-from vlrm_jax.models.blip2 import Blip2Captioner, Blip2Config
+from vlrm_jax.models.blip2 import POLICY_TRAINABLE, Blip2Captioner, Blip2Config, parts_filter
 from vlrm_jax.models.itm import Blip2Itm, ItmConfig
 from vlrm_jax.models.opt import OPTConfig, OPTForCausalLM
 from vlrm_jax.models.qformer import QFormerConfig
@@ -734,9 +734,6 @@ def match_logit_fn(model: Blip2Itm, chunk: int = 250) -> Callable:
 # ----------------------------------------------------------------------------------------------
 # Stage 3: the captioner.
 # ----------------------------------------------------------------------------------------------
-CAPTIONER_TRAINABLE = ("query_tokens", "qformer", "language_projection")  # as in the RL policy update
-
-
 def captioner_config(cfg, itm_cfg: ItmConfig, lm_cfg: OPTConfig) -> Blip2Config:
     scfg = cfg.captioner
     qformer = QFormerConfig(**{**scfg.qformer.to_dict(), "encoder_hidden_size": itm_cfg.vision.hidden_size})
@@ -799,8 +796,8 @@ def train_captioner(ctx: StageContext) -> StageResult:
             loss += scfg.lm_loss_weight * next_token_loss(lm_logits, batch["lm_ids"], batch["lm_mask"])
         return loss
 
-    parts = CAPTIONER_TRAINABLE + (("language_model",) if scfg.train_language_model else ())
-    trainable = nnx.All(nnx.Param, lambda path, _: path[0] in parts)
+    parts = POLICY_TRAINABLE + (("language_model",) if scfg.train_language_model else ())
+    trainable = parts_filter(parts)
     losses, seconds = _train(ctx, "captioner", model, loss_fn, batch_at, scfg, trainable)
     return _save_stage(ctx, "captioner", "blip2_opt", model_cfg.to_dict(), model, losses, seconds,
                        {"trainable": list(parts)}, tokenizer_files(ctx.tokenizer_dirs["captioner"]))
