@@ -115,35 +115,6 @@ def scenes():
     return [shapes.sample_scene(shapes.scene_rng(5, 0, i)) for i in range(200)]
 
 
-def test_complete_description_is_the_full_caption(scenes):
-    for scene in scenes:
-        for t in range(len(shapes.FULL_TEMPLATES)):
-            assert pretrain.render_description(pretrain.complete_description(scene, t)) == shapes.full_caption(scene, t)
-        assert pretrain.render_description(pretrain.terse_description(scene)) == shapes.terse_caption(scene)
-
-
-def test_partial_descriptions_are_true_and_corruptions_are_false(scenes):
-    rng = np.random.default_rng(0)
-    for scene in scenes:
-        partial = pretrain.partial_description(scene, rng)
-        quality = shapes.caption_quality(pretrain.render_description(partial), scene)
-        assert not quality.mentions_absent and quality.objects == len(partial.objects)
-        for base in (partial, pretrain.complete_description(scene)):
-            wrong = pretrain.corrupt(base, scene, rng)
-            assert pretrain.render_description(wrong) != pretrain.render_description(base)
-            changed = [o for o, s, p in zip(wrong.objects, wrong.with_size, wrong.with_position)
-                       if not pretrain._describes(o, s, p, scene)]
-            assert changed or wrong.background != scene.background
-
-
-def test_match_targets_grow_with_the_facts_stated(scenes):
-    floor = 0.1
-    for scene in scenes:
-        full = pretrain.match_target(pretrain.complete_description(scene), scene, floor)
-        terse = pretrain.match_target(pretrain.terse_description(scene), scene, floor)
-        assert full == pytest.approx(1.0) and floor < terse < full
-
-
 def test_memoised_wordpiece_ids_equal_the_tokenizer(scenes, tmp_path):
     world = shapes.generate_world(0, 20, 4, image_size=8, supersample=1)
     tok = pretrain.load_tokenizer(build_tokenizers(world, tmp_path)["itm"])

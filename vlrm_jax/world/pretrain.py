@@ -49,6 +49,8 @@ from vlrm_jax.models.opt import OPTConfig, OPTForCausalLM
 from vlrm_jax.models.qformer import QFormerConfig
 from vlrm_jax.models.vit import VisionConfig
 from vlrm_jax.world import shapes
+from vlrm_jax.world.language import (complete_description, corrupt, match_target, partial_description,
+                                     render_description, terse_description)
 
 # Bump when a change to this file changes what a stage trains, so cached folders are redone.
 PRETRAIN_VERSION = 1
@@ -257,121 +259,6 @@ def next_token_loss(logits, ids, mask):
     picked = jnp.take_along_axis(logp, ids[:, 1:, None], axis=-1)[..., 0]
     weight = mask[:, 1:].astype(jnp.float32)
     return -(picked * weight).sum() / jnp.maximum(weight.sum(), 1.0)
-
-
-# ----------------------------------------------------------------------------------------------
-# Descriptions: what a caption states about a scene, correct or not (ITM texts, LM corpus).
-# ----------------------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class Description:
-    """Objects named (colour and shape always; size and position when flagged) and the background
-    (None: not named). With every flag set and the background named it renders as the scene's
-    full caption in `template`."""
-
-    objects: tuple[shapes.SceneObject, ...]
-    with_size: tuple[bool, ...]
-    with_position: tuple[bool, ...]
-    background: str | None
-    template: int = 0
-
-    def facts(self) -> int:
-        """Facts stated: colour and shape (2) + size + position per object, + background."""
-        return (2 * len(self.objects) + sum(self.with_size) + sum(self.with_position)
-                + (self.background is not None))
-
-
-def scene_facts(scene: shapes.Scene) -> int:
-    return 4 * len(scene.objects) + 1
-
-
-def render_description(d: Description) -> str:
-    objects = shapes.join_phrases([shapes.object_phrase(o, s, p)
-                                   for o, s, p in zip(d.objects, d.with_size, d.with_position)])
-    if d.background is None:
-        return objects
-    return shapes.FULL_TEMPLATES[d.template].format(objects=objects, background=d.background)
-
-
-def complete_description(scene: shapes.Scene, template: int = 0) -> Description:
-    n = len(scene.objects)
-    return Description(scene.objects, (True,) * n, (True,) * n, scene.background, template)
-
-
-def terse_description(scene: shapes.Scene) -> Description:
-    return Description((shapes.most_salient(scene),), (False,), (False,), None)
-
-
-def partial_description(scene: shapes.Scene, rng: np.random.Generator) -> Description:
-    """A true description of part of the scene: some objects (scene order), some attributes."""
-    n = len(scene.objects)
-    keep = np.sort(rng.choice(n, size=int(rng.integers(1, n + 1)), replace=False))
-    objects = tuple(scene.objects[i] for i in keep)
-    flags = rng.random((2, len(objects))) < 0.5
-    background = scene.background if rng.random() < 0.5 else None
-    template = int(rng.integers(len(shapes.FULL_TEMPLATES)))
-    return Description(objects, tuple(map(bool, flags[0])), tuple(map(bool, flags[1])), background, template)
-
-
-def _describes(obj: shapes.SceneObject, size: bool, position: bool, scene: shapes.Scene) -> bool:
-    """Whether some scene object fits what a description says of `obj`."""
-    return any(o.colour == obj.colour and o.shape == obj.shape and (not size or o.size == obj.size)
-               and (not position or o.cell == obj.cell) for o in scene.objects)
-
-
-def _replace_object(d: Description, i: int, obj: shapes.SceneObject) -> Description:
-    return dataclasses.replace(d, objects=d.objects[:i] + (obj,) + d.objects[i + 1:])
-
-
-def corrupt(d: Description, scene: shapes.Scene, rng: np.random.Generator) -> Description:
-    """`d` with one detail made false: an object's colour, shape, size or position, the background,
-    or an extra object the scene lacks. Each changed object fits no object of the scene, so the
-    result is wrong whatever the other objects are."""
-    kinds = ["colour", "shape", "size", "position", "background", "extra"]
-    for kind in rng.permutation(kinds):
-        out = _corrupt_as(str(kind), d, scene, rng)
-        if out is not None:
-            return out
-    raise AssertionError("the background can always be made wrong")
-
-
-def _corrupt_as(kind: str, d: Description, scene: shapes.Scene, rng) -> Description | None:
-    if kind == "background":
-        wrong = [c for c in shapes.BACKGROUND_COLOURS if c != scene.background]
-        template = d.template if d.background is not None else int(rng.integers(len(shapes.FULL_TEMPLATES)))
-        return dataclasses.replace(d, background=str(rng.choice(wrong)), template=template)
-    if kind == "extra":
-        return _with_extra_object(d, scene, rng)
-    i = int(rng.integers(len(d.objects)))
-    obj, size, position = d.objects[i], d.with_size[i], d.with_position[i]
-    if kind == "size" and not size or kind == "position" and not position:
-        return None
-    field, values = {"colour": ("colour", list(shapes.OBJECT_COLOURS)), "shape": ("shape", list(shapes.SHAPES)),
-                     "size": ("size", list(shapes.SIZES)), "position": ("cell", list(range(shapes.GRID ** 2)))}[kind]
-    options = [dataclasses.replace(obj, **{field: v}) for v in values if v != getattr(obj, field)]
-    options = [o for o in options if o.colour != scene.background and not _describes(o, size, position, scene)]
-    if not options:
-        return None
-    return _replace_object(d, i, options[int(rng.integers(len(options)))])
-
-
-def _with_extra_object(d: Description, scene: shapes.Scene, rng) -> Description | None:
-    free = [c for c in range(shapes.GRID ** 2) if c not in {o.cell for o in d.objects}]
-    colours = [c for c in shapes.OBJECT_COLOURS if c != scene.background]
-    for _ in range(10):
-        obj = shapes.SceneObject(str(rng.choice(shapes.SHAPES)), str(rng.choice(colours)),
-                                 str(rng.choice(shapes.SIZES)), int(rng.choice(free)))
-        if not _describes(obj, False, False, scene):  # its colour-shape pair is nowhere in the scene
-            order = sorted(range(len(d.objects) + 1), key=lambda j: (d.objects + (obj,))[j].cell)
-            pick = lambda seq, extra: tuple((tuple(seq) + (extra,))[j] for j in order)  # noqa: E731
-            return dataclasses.replace(d, objects=pick(d.objects, obj), with_size=pick(d.with_size, True),
-                                       with_position=pick(d.with_position, True))
-    return None
-
-
-def match_target(d: Description, scene: shapes.Scene, floor: float) -> float:
-    """Match probability the ITM learns for a true description: 1 when complete, else
-    floor + (1 - floor) * facts stated / facts in the scene, so each correct detail adds reward."""
-    return floor + (1.0 - floor) * d.facts() / scene_facts(scene)
 
 
 TEXTS_PER_IMAGE = 4  # two (correct, wrong) pairs, see itm_texts

@@ -133,14 +133,15 @@ def sample_scene(rng: np.random.Generator, max_objects: int = MAX_OBJECTS) -> Sc
 # ----------------------------------------------------------------------------------------------
 # Captions.
 # ----------------------------------------------------------------------------------------------
-def _article(word: str) -> str:
+def article(word: str) -> str:
+    """The indefinite article before `word`."""
     return "an" if word[0] in "aeiou" else "a"
 
 
 def object_phrase(obj: SceneObject, with_size: bool = True, with_position: bool = True) -> str:
     """"a small red circle at the top left"; size and position can be left out."""
     words = ([obj.size] if with_size else []) + [obj.colour, obj.shape]
-    text = f"{_article(words[0])} {' '.join(words)}"
+    text = f"{article(words[0])} {' '.join(words)}"
     return f"{text} {CELL_PHRASES[obj.cell]}" if with_position else text
 
 
@@ -173,7 +174,7 @@ def most_salient(scene: Scene) -> SceneObject:
 
 def terse_caption(scene: Scene) -> str:
     obj = most_salient(scene)
-    return f"{_article(obj.colour)} {obj.colour} {obj.shape}"
+    return f"{article(obj.colour)} {obj.colour} {obj.shape}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -348,8 +349,12 @@ def load_world(world_dir) -> World:
 class CaptionQuality:
     objects: int  # scene objects named with the right shape and colour
     colours: int  # distinct colour words that are in the scene (objects or background)
-    mentions_absent: bool  # names a shape, colour or shape-colour pair the scene lacks
+    absent: tuple[str, ...]  # shapes, colours or shape-colour pairs named that the scene lacks
     n_objects: int  # objects in the scene, for ratios
+
+    @property
+    def mentions_absent(self) -> bool:
+        return bool(self.absent)
 
 
 _PLURALS = {s + ("es" if s.endswith("s") else "s"): s for s in SHAPES}
@@ -386,19 +391,20 @@ def caption_quality(caption: str, scene: Scene) -> CaptionQuality:
     words = _words(caption)
     mentions, said_background = _mentions(words)
     remaining = [(o.colour, o.shape) for o in scene.objects]
-    correct, absent = 0, False
+    correct, absent = 0, []
     # Coloured mentions claim their object first, so a bare "circle" cannot steal it.
     for colour, shape, count in sorted(mentions, key=lambda m: m[0] is None):
         for _ in range(count):
             match = next((p for p in remaining if p[1] == shape and colour in (None, p[0])), None)
             if match is None:
-                absent = True
+                absent.append(f"{colour} {shape}" if colour else shape)
                 continue
             remaining.remove(match)
             correct += colour is not None
     scene_colours = {o.colour for o in scene.objects} | {scene.background}
     said_colours = {w for w in words if w in COLOURS}
-    absent |= bool(said_colours - scene_colours)
-    absent |= said_background is not None and said_background != scene.background
+    absent += [f"colour {c}" for c in sorted(said_colours - scene_colours)]
+    if said_background is not None and said_background != scene.background:
+        absent.append(f"{said_background} background")
     return CaptionQuality(objects=correct, colours=len(said_colours & scene_colours),
-                          mentions_absent=absent, n_objects=len(scene.objects))
+                          absent=tuple(absent), n_objects=len(scene.objects))
