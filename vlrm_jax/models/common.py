@@ -140,11 +140,13 @@ def make_stack(factory: Callable[[nnx.Rngs], nnx.Module], num: int, rngs: nnx.Rn
     return create(rngs)
 
 
-def scan_stack(stack: nnx.Module, body: Callable, carry: Any, xs: Any = None) -> tuple[Any, Any]:
+def scan_stack(stack: nnx.Module, body: Callable, carry: Any, xs: Any = None, remat: bool = False) -> tuple[Any, Any]:
     """Run `body(layer, carry, x) -> (carry, y)` over the stacked layers with `lax.scan`.
 
     One compiled layer body however deep the model is: compile time stays flat from 3 layers
-    to 39. `xs` and the returned ys carry a leading layer axis (one slice per layer).
+    to 39. `xs` and the returned ys carry a leading layer axis (one slice per layer). With
+    `remat` a layer's activations are recomputed in the backward pass (only each layer's input
+    is kept): the RL update differentiates through the frozen OPT at rollout batch sizes.
     """
     graphdef, state = nnx.split(stack)
 
@@ -152,6 +154,8 @@ def scan_stack(stack: nnx.Module, body: Callable, carry: Any, xs: Any = None) ->
         layer_state, x = inputs
         return body(nnx.merge(graphdef, layer_state), c, x)
 
+    if remat:
+        step = jax.checkpoint(step, prevent_cse=False)
     return jax.lax.scan(step, carry, (state, xs))
 
 

@@ -5,9 +5,13 @@ the attention mask so left padding does not shift them; pre-LN blocks (post-LN w
 `do_layer_norm_before` is False, as in OPT-350m); optional project_in / project_out when the word
 embedding width differs from the hidden width; lm_head tied to the token embedding.
 
-The decoder takes an explicit boolean attention mask (B, Tq, Tk) and, for decoding, a KV cache of
-shape (layers, B, max_len, heads, head_dim) into which the new keys and values are written at
-`cache_index`. Callers (generation, scoring) build masks with `causal_mask`/`cached_mask`.
+The decoder takes an explicit boolean attention mask (B, 1, Tq, Tk) and, for decoding, a `KVCache`
+(one (B, heads, max_len, head_dim) buffer per layer) into which the new keys and values are written
+at `cache_index`. Callers (generation, scoring) build masks with `causal_mask`.
+
+Low-rank adapters (LoRA) enter the full forward as arguments, never as parameters of this module:
+the value network of the RL step keeps its adapters apart, so generation, the policy and the
+reference LM read the same frozen weights unchanged (`decode(..., lora=...)`).
 """
 from __future__ import annotations
 
@@ -72,6 +76,18 @@ class KVCache(NamedTuple):
         return self.k[0].shape[2]
 
 
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+
+
+class LoRAWeights(NamedTuple):
+    """Adapters of some of a block's linear layers: {target name: (a (in, r), b (r, out))}, each
+    array with a leading layers axis when passed to `decode`; the output of a target grows by
+    scale * (h @ a) @ b, as peft's LoRA does (scale = alpha / rank)."""
+
+    adapters: dict
+    scale: float
+
+
 def position_ids(attention_mask: jax.Array) -> jax.Array:
     """OPT's position ids: running count of valid tokens minus one (padding gets -1)."""
     mask = attention_mask.astype(jnp.int32)
@@ -103,21 +119,30 @@ class OPTBlock(nnx.Module):
         self.fc2 = common.dense(cfg.ffn_dim, d, ("mlp", "embed"), **lin)
         self.final_layer_norm = common.layer_norm(d, cfg.layer_norm_eps, rngs=rngs, **kw)
 
-    def __call__(self, x, mask, kv=None, cache_index=None):
-        """kv: this layer's (k, v) cache or None. Returns (x, (k, v))."""
+    def _linear(self, name: str, h, lora: LoRAWeights | None):
+        y = getattr(self, name)(h)
+        if lora is None or name not in lora.adapters:
+            return y
+        a, b = lora.adapters[name]
+        delta = (h.astype(a.dtype) @ a) @ b
+        return y + (lora.scale * delta).astype(y.dtype)
+
+    def __call__(self, x, mask, kv=None, cache_index=None, lora: LoRAWeights | None = None):
+        """kv: this layer's (k, v) cache or None; lora: this layer's adapters or None.
+        Returns (x, (k, v))."""
         h = self.self_attn_layer_norm(x) if self.pre_norm else x
-        q = common.split_heads(self.q_proj(h), self.num_heads)
-        k = common.split_heads(self.k_proj(h), self.num_heads)
-        v = common.split_heads(self.v_proj(h), self.num_heads)
+        q = common.split_heads(self._linear("q_proj", h, lora), self.num_heads)
+        k = common.split_heads(self._linear("k_proj", h, lora), self.num_heads)
+        v = common.split_heads(self._linear("v_proj", h, lora), self.num_heads)
         if kv is not None:  # the cache is (B, H, S, D): only the new tokens are transposed
             k = jax.lax.dynamic_update_slice_in_dim(kv[0], k.swapaxes(1, 2).astype(kv[0].dtype), cache_index, axis=2)
             v = jax.lax.dynamic_update_slice_in_dim(kv[1], v.swapaxes(1, 2).astype(kv[1].dtype), cache_index, axis=2)
         attn = common.attention(q, k, v, mask, self.scale, heads_first_kv=kv is not None)
-        x = x + self.out_proj(common.merge_heads(attn))
+        x = x + self._linear("out_proj", common.merge_heads(attn), lora)
         if not self.pre_norm:
             x = self.self_attn_layer_norm(x)
         h = self.final_layer_norm(x) if self.pre_norm else x
-        x = x + self.fc2(self.act(self.fc1(h)))
+        x = x + self._linear("fc2", self.act(self._linear("fc1", h, lora)), lora)
         if not self.pre_norm:
             x = self.final_layer_norm(x)
         return x, (k, v)
@@ -141,16 +166,28 @@ class OPTForCausalLM(nnx.Module):
     def embed(self, input_ids):
         return self.embed_tokens(input_ids)
 
-    def decode(self, embeds, positions, mask, cache: KVCache | None = None, cache_index=None):
+    def decode(self, embeds, positions, mask, cache: KVCache | None = None, cache_index=None,
+               lora: LoRAWeights | None = None, remat: bool = False):
         """embeds (B, T, E); positions (B, T) from `position_ids`; mask (B, 1, T, S) bool.
         Without a cache S = T; with one, S = cache length and the new keys/values are written at
-        `cache_index`. Returns (hidden (B, T, E), updated cache or None)."""
+        `cache_index`. `lora` (full forward only) adds adapters with a leading layers axis;
+        `remat` recomputes each layer in the backward pass instead of storing its activations.
+        Returns (hidden (B, T, E), updated cache or None)."""
         x = self.project_in(embeds) if self.project_in is not None else embeds
         x = x + self.embed_positions(positions + POSITION_OFFSET)
         if cache is None:
-            x, _ = common.scan_stack(self.layers, lambda layer, h, _: (layer(h, mask)[0], None), x)
+            scale = lora.scale if lora is not None else 0.0
+            adapters = lora.adapters if lora is not None else None
+
+            def body(layer, h, layer_adapters):
+                layer_lora = LoRAWeights(layer_adapters, scale) if layer_adapters is not None else None
+                return layer(h, mask, lora=layer_lora)[0], None
+
+            x, _ = common.scan_stack(self.layers, body, x, adapters, remat=remat)
             new_cache = None
         else:  # layers unrolled over their own cache buffers (see KVCache)
+            if lora is not None:
+                raise ValueError("LoRA adapters apply to the full forward only, not to cached decoding")
             ks, vs = [], []
             for layer, k, v in zip(common.unstack(self.layers), cache.k, cache.v):
                 x, (k, v) = layer(x, mask, (k, v), cache_index)
@@ -167,11 +204,11 @@ class OPTForCausalLM(nnx.Module):
         """Tied output projection; logits in fp32."""
         return self.embed_tokens.attend(hidden).astype(jnp.float32)
 
-    def __call__(self, input_ids, attention_mask=None):
+    def __call__(self, input_ids, attention_mask=None, lora: LoRAWeights | None = None):
         """Full forward like transformers' OPTForCausalLM: (B, T) ids -> (B, T, V) logits."""
         if attention_mask is None:
             attention_mask = jnp.ones(input_ids.shape, jnp.int32)
         hidden, _ = self.decode(
-            self.embed(input_ids), position_ids(attention_mask), causal_mask(attention_mask)
+            self.embed(input_ids), position_ids(attention_mask), causal_mask(attention_mask), lora=lora
         )
         return self.lm_head(hidden)

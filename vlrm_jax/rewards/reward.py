@@ -10,7 +10,7 @@ model terms run on the devices in the same program.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 
@@ -42,6 +42,16 @@ class RewardModels:
     clip: Any = None
 
 
+class RewardOutput(NamedTuple):
+    """What `vlrm_reward` gives: returns R (B, T) float32 (zero outside the caption mask), batch
+    means for logging (`stats`: sim, ref, noeos, bad, repeat, return, length, itm, phi_std) and
+    the inputs of R per caption / token (`parts`: mask, sim, phi, ref, bad, repeat, noeos)."""
+
+    returns: Any
+    stats: dict
+    parts: dict
+
+
 def vlrm_reward(
     models: RewardModels,
     cfg: RewardConfig,
@@ -55,7 +65,7 @@ def vlrm_reward(
 ):
     """tokens (B, T) generated ids (no prompt). itm_image_embeds: BLIP2-ITM vision states for the
     same images. clip_pixels: OpenCLIP-preprocessed images (only for rs_weight != 0).
-    Returns (R (B, T), stats dict, reward inputs dict with mask/sim/ref/phi/penalties)."""
+    Returns a `RewardOutput`."""
     host = retokenize_sharded(retokenizer, tokens, mesh=mesh)
     mask = host["mask"]
     sim = itm_match_logit(models.itm, itm_image_embeds, host["itm_input_ids"], host["itm_attention_mask"])
@@ -73,4 +83,4 @@ def vlrm_reward(
     returns, stats = compute_returns(sim + cfg.rs_weight * phi, ref, host["bad"], host["repeat"], host["noeos"], mask, cfg.weights)
     stats = dict(stats, itm=jnp.mean(sim), phi_std=jnp.std(phi))
     parts = dict(mask=mask, sim=sim, phi=phi, ref=ref, bad=host["bad"], repeat=host["repeat"], noeos=host["noeos"])
-    return returns, stats, parts
+    return RewardOutput(returns, stats, parts)

@@ -1,0 +1,44 @@
+"""Tiny stacks for the A2C step tests: a transformers BLIP2 and its Flax conversion, a random
+value network, and steps built on them."""
+import numpy as np
+import pytest
+from flax import nnx
+
+from tests import factories as F
+
+
+def flax_captioner_from_hf(hf):
+    """The converter's own table, applied in memory (no folder round trip)."""
+    from convert import blip2 as blip2_conv
+    from convert.table import expand, torch_to_flax
+    from tests.helpers import source_from_state_dict
+    from vlrm_jax.models import build
+    from vlrm_jax.models.blip2 import Blip2Captioner
+
+    cfg = blip2_conv.config_from_hf_config(hf.config)
+    ctor = lambda: Blip2Captioner(cfg, rngs=nnx.Rngs(0))  # noqa: E731
+    abstract = build.flat_params(build.abstract(ctor))
+    entries = expand(blip2_conv.table(cfg), blip2_conv.layer_sets(cfg))
+    params = torch_to_flax(source_from_state_dict(hf.state_dict()), entries, abstract,
+                           ignore=blip2_conv.TIED_KEYS, progress=False)
+    return build.from_params(ctor, params)
+
+
+def random_value_network(value_cfg, opt_cfg, seed: int = 1, std: float = 0.2):
+    """A value network whose every parameter is random (peft starts b at zero, which would hide
+    a wrong gradient of a)."""
+    from vlrm_jax.models.value import ValueNetwork
+
+    net = ValueNetwork(value_cfg, opt_cfg, rngs=nnx.Rngs(seed))
+    rng = np.random.default_rng(seed)
+    for path, var in nnx.to_flat_state(nnx.state(net, nnx.Param)):
+        shape = var.get_value().shape
+        base = 1.0 if "scale" in path else 0.0
+        var.set_value(np.asarray(base + std * rng.normal(size=shape), np.float32))
+    return net
+
+
+@pytest.fixture(scope="package")
+def hf_blip2(tmp_path_factory):
+    """transformers BLIP2 with a strong EOS row, so some sampled captions end early."""
+    return F.save_tiny_blip2(str(tmp_path_factory.mktemp("rl_blip2")), seed=0, eos_scale=2.0)

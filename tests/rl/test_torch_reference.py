@@ -1,0 +1,78 @@
+"""The JAX step's gradients equal a PyTorch A2C built from transformers' BLIP2, peft's LoRA and
+transformers' OPT layers, on the same weights, sampled tokens and returns (fp32, 1e-4 relative)."""
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from tests import factories as F
+from tests.rl import torch_reference as ref
+from tests.rl.conftest import flax_captioner_from_hf, random_value_network
+
+REL = 1e-4
+
+
+def _all_close(got: dict, want: dict):
+    """Per tensor, max |diff| <= 1e-4 of its largest entry. Gradients that are zero in exact
+    arithmetic (the Q-Former's key biases: a softmax ignores a shift shared by all keys) are
+    rounding noise, so a tensor's scale is floored at 1e-3 of the network's largest gradient."""
+    floor = 1e-3 * max(float(np.max(np.abs(w))) for w in want.values())
+    for name, w in want.items():
+        scale = max(float(np.max(np.abs(w))), floor)
+        diff = float(np.max(np.abs(np.asarray(got[name]) - w)))
+        assert diff <= REL * scale, f"{name}: max |diff| {diff:.3g} vs max |grad| {scale:.3g}"
+
+
+@pytest.mark.parametrize("prob,objective,micro", [("sampled", "prob", 2), ("tempered", "logprob", 1), ("raw", "prob", 4)])
+def test_gradients_equal_pytorch_reference(hf_blip2, prob, objective, micro):
+    from convert import blip2 as blip2_conv
+    from convert.table import expand, flax_to_torch
+    from flax import nnx
+
+    from vlrm_jax.generate.config import GenerationConfig
+    from vlrm_jax.models import build
+    from vlrm_jax.models.value import ValueConfig
+    from vlrm_jax.rl.config import A2CConfig
+    from vlrm_jax.rl.scoring import TokenCountScorer
+    from vlrm_jax.rl.step import A2CStep
+
+    hf = hf_blip2
+    captioner = flax_captioner_from_hf(hf)
+    vcfg = ValueConfig(lora_rank=3, lora_alpha=5.0, lora_targets=("q_proj", "v_proj", "fc1"), head_layers=2,
+                       head_mlp_ratio=3)
+    value_net = random_value_network(vcfg, captioner.cfg.text)
+    flat_value = {p: np.asarray(v) for p, v in build.flat_params(value_net).items()}
+    rollout = GenerationConfig.paper_rollout(max_new_tokens=10)
+    cfg = A2CConfig(prob=prob, objective=objective, micro_batches=micro, logit_chunk=4)
+    step = A2CStep(cfg, captioner, value_net, TokenCountScorer(target=7, eos_token_id=2), rollout)
+    state = step.init_state(0)
+    pixels = F.random_pixels(8, seed=3)
+    exp, _ = step.experience(state, step.frozen, {"pixels": pixels})
+    mask = np.asarray(exp.mask)
+    assert 0 < mask[:, -1].sum() < 8, "want both early-ending and full-length captions"
+    returns = (np.random.default_rng(4).normal(size=mask.shape) * mask).astype(np.float32)
+    exp = dataclasses.replace(exp, returns=returns)
+    grads_p, grads_v, metrics = step.gradients(state, step.frozen, exp)
+
+    trunk, head = ref.value_network(hf, vcfg, flat_value)
+    hf.zero_grad()
+    policy_loss, value_loss = ref.a2c_losses(hf, trunk, head, pixels, exp.tokens, mask, returns, prob=prob,
+                                             objective=objective, temperature=rollout.temperature,
+                                             top_k=rollout.top_k, eps=cfg.advantage_eps)
+    (policy_loss + value_loss).backward()
+    np.testing.assert_allclose(float(metrics["loss/policy"]), policy_loss.item(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(float(metrics["loss/value"]), value_loss.item(), rtol=1e-4)
+
+    flat_p = {p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(grads_p)}
+    entries = [e for e in expand(blip2_conv.table(captioner.cfg), blip2_conv.layer_sets(captioner.cfg)) if e.target in flat_p]
+    named = flax_to_torch(flat_p, entries)
+    hf_params = dict(hf.named_parameters())
+    assert {n.split(".")[0] for n in named} == {"query_tokens", "qformer", "language_projection"}
+    _all_close(named, {name: hf_params[name].grad.numpy() for name in named})
+
+    want_v = ref.value_gradients_to_jax_paths(trunk, head, vcfg)
+    flat_v = {p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(grads_v)}
+    assert set(flat_v) == set(want_v)
+    _all_close(flat_v, want_v)
+    assert all(float(np.abs(g).max()) > 0 for g in flat_v.values())  # every gradient is exercised

@@ -1,0 +1,160 @@
+"""The A2C update written in PyTorch from transformers' own modules: the judge of the JAX step.
+
+Policy: `Blip2ForConditionalGeneration` itself (image placeholders then BOS then the caption, as
+transformers lays BLIP2 input out), p_k through transformers' temperature and top-k warpers.
+Value: a copy of its OPT with peft LoRA adapters, then a head of transformers `OPTDecoderLayer`s,
+a LayerNorm and an MLP. Losses as the paper states them, gradients by autograd.
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+from torch import nn
+
+LINEARS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+NORMS = ("self_attn_layer_norm", "final_layer_norm")
+ATTN = ("q_proj", "k_proj", "v_proj", "out_proj")
+
+
+def _linear_name(name: str) -> str:
+    return f"self_attn.{name}" if name in ATTN else name
+
+
+class TorchValueHead(nn.Module):
+    def __init__(self, opt_config, layers: int, mlp_ratio: int):
+        from transformers.models.opt.modeling_opt import OPTDecoderLayer
+
+        super().__init__()
+        cfg = copy.deepcopy(opt_config)
+        cfg._attn_implementation = "eager"
+        width = cfg.word_embed_proj_dim
+        self.blocks = nn.ModuleList(OPTDecoderLayer(cfg, i) for i in range(layers))
+        self.norm = nn.LayerNorm(width, eps=1e-5)
+        self.fc1 = nn.Linear(width, mlp_ratio * width)
+        self.out = nn.Linear(mlp_ratio * width, 1)
+
+    def forward(self, hidden, attention_mask):
+        t = hidden.shape[1]
+        allowed = torch.tril(torch.ones(t, t, dtype=torch.bool))[None] & attention_mask.bool()[:, None, :]
+        additive = torch.where(allowed, 0.0, torch.finfo(torch.float32).min)[:, None]
+        for block in self.blocks:
+            hidden = block(hidden, attention_mask=additive)
+        return self.out(torch.relu(self.fc1(self.norm(hidden))))[..., 0]
+
+
+def _t(x) -> torch.Tensor:
+    return torch.tensor(np.asarray(x, dtype=np.float32))
+
+
+def value_network(hf, value_cfg, flat_value: dict):
+    """(peft-wrapped OPT copy, TorchValueHead) carrying the JAX value network's weights.
+    flat_value: {path tuple: array} of the JAX ValueNetwork's parameters."""
+    from peft import LoraConfig, get_peft_model
+
+    lm = copy.deepcopy(hf.language_model)
+    lora = LoraConfig(r=value_cfg.lora_rank, lora_alpha=value_cfg.lora_alpha, lora_dropout=0.0,
+                      target_modules=list(value_cfg.lora_targets), bias="none")
+    trunk = get_peft_model(lm, lora)
+    layers = trunk.base_model.model.model.decoder.layers
+    with torch.no_grad():
+        for name in value_cfg.lora_targets:
+            a, b = flat_value[("lora", f"{name}_a")], flat_value[("lora", f"{name}_b")]
+            for i, layer in enumerate(layers):
+                module = layer.get_submodule(_linear_name(name))
+                module.lora_A["default"].weight.copy_(_t(a[i]).T)
+                module.lora_B["default"].weight.copy_(_t(b[i]).T)
+    head = TorchValueHead(hf.config.text_config, value_cfg.head_layers, value_cfg.head_mlp_ratio)
+    with torch.no_grad():
+        for i, block in enumerate(head.blocks):
+            for name in LINEARS:
+                module = block.get_submodule(_linear_name(name))
+                module.weight.copy_(_t(flat_value[("head", "blocks", name, "kernel")][i]).T)
+                module.bias.copy_(_t(flat_value[("head", "blocks", name, "bias")][i]))
+            for name in NORMS:
+                module = block.get_submodule(name)
+                module.weight.copy_(_t(flat_value[("head", "blocks", name, "scale")][i]))
+                module.bias.copy_(_t(flat_value[("head", "blocks", name, "bias")][i]))
+        head.norm.weight.copy_(_t(flat_value[("head", "norm", "scale")]))
+        head.norm.bias.copy_(_t(flat_value[("head", "norm", "bias")]))
+        for name in ("fc1", "out"):
+            getattr(head, name).weight.copy_(_t(flat_value[("head", name, "kernel")]).T)
+            getattr(head, name).bias.copy_(_t(flat_value[("head", name, "bias")]))
+    return trunk, head
+
+
+def value_gradients_to_jax_paths(trunk, head, value_cfg) -> dict[tuple, np.ndarray]:
+    """The torch value gradients laid out as the JAX ValueNetwork's parameters."""
+    layers = trunk.base_model.model.model.decoder.layers
+    out = {}
+    for name in value_cfg.lora_targets:
+        mods = [layer.get_submodule(_linear_name(name)) for layer in layers]
+        out[("lora", f"{name}_a")] = np.stack([m.lora_A["default"].weight.grad.numpy().T for m in mods])
+        out[("lora", f"{name}_b")] = np.stack([m.lora_B["default"].weight.grad.numpy().T for m in mods])
+    for name in LINEARS:
+        mods = [block.get_submodule(_linear_name(name)) for block in head.blocks]
+        out[("head", "blocks", name, "kernel")] = np.stack([m.weight.grad.numpy().T for m in mods])
+        out[("head", "blocks", name, "bias")] = np.stack([m.bias.grad.numpy() for m in mods])
+    for name in NORMS:
+        mods = [block.get_submodule(name) for block in head.blocks]
+        out[("head", "blocks", name, "scale")] = np.stack([m.weight.grad.numpy() for m in mods])
+        out[("head", "blocks", name, "bias")] = np.stack([m.bias.grad.numpy() for m in mods])
+    out[("head", "norm", "scale")] = head.norm.weight.grad.numpy()
+    out[("head", "norm", "bias")] = head.norm.bias.grad.numpy()
+    for name in ("fc1", "out"):
+        out[("head", name, "kernel")] = getattr(head, name).weight.grad.numpy().T
+        out[("head", name, "bias")] = getattr(head, name).bias.grad.numpy()
+    return out
+
+
+def token_logprob(logits, tokens, prob: str, temperature: float, top_k: int):
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper
+
+    b, t, v = logits.shape
+    flat = logits.reshape(b * t, v)
+    if prob != "raw":
+        flat = TemperatureLogitsWarper(temperature)(None, flat)
+    if prob == "sampled":
+        flat = TopKLogitsWarper(top_k)(None, flat)
+    logp = torch.log_softmax(flat, dim=-1).reshape(b, t, v)
+    return torch.gather(logp, 2, tokens[..., None])[..., 0]
+
+
+def a2c_losses(hf, trunk, head, pixels, tokens, mask, returns, *, prob: str, objective: str, temperature: float,
+               top_k: int, eps: float):
+    """(L_p, L_v) of one rollout batch; backward() fills the gradients of the policy's query
+    tokens / Q-Former / projection and of the value's LoRA / head."""
+    q = hf.config.num_query_tokens
+    b = tokens.shape[0]
+    tokens_t = torch.tensor(np.asarray(tokens), dtype=torch.long)
+    mask_t = torch.tensor(np.asarray(mask), dtype=torch.float32)
+    returns_t = torch.tensor(np.asarray(returns), dtype=torch.float32)
+    pixels_t = torch.tensor(np.asarray(pixels)).permute(0, 3, 1, 2)
+    bos = hf.config.text_config.bos_token_id
+    text_ids = torch.cat([torch.full((b, 1), bos), tokens_t[:, :-1]], dim=1)
+    text_mask = torch.cat([torch.ones(b, 1), mask_t[:, :-1]], dim=1)
+    ids = torch.cat([torch.full((b, q), hf.config.image_token_index), text_ids], dim=1)
+    attention = torch.cat([torch.ones(b, q), text_mask], dim=1).long()
+
+    # policy: the real BLIP2 forward
+    logits = hf(pixel_values=pixels_t, input_ids=ids, attention_mask=attention).logits[:, q:]
+    logp = token_logprob(logits.float(), tokens_t, prob, temperature, top_k)
+
+    # value: the same soft prompt (no gradient) into the LoRA trunk, then the head
+    with torch.no_grad():
+        soft = hf.get_image_features(pixels_t, return_dict=True).pooler_output
+        text_embeds = hf.language_model.get_input_embeddings()(text_ids)
+    embeds = torch.cat([soft, text_embeds], dim=1)
+    hidden = trunk.base_model.model.model(inputs_embeds=embeds, attention_mask=attention).last_hidden_state
+    values = head(hidden, attention)[:, q:]
+
+    n = mask_t.sum()
+    value_loss = ((returns_t - values) ** 2 * mask_t).sum() / n
+    adv = returns_t - values.detach()
+    mean = (adv * mask_t).sum() / n
+    std = torch.sqrt((((adv - mean) ** 2) * mask_t).sum() / n)
+    m_k = (adv - mean) / (std + eps)
+    weight = logp.exp() if objective == "prob" else logp
+    policy_loss = -(weight * m_k * mask_t).sum() / n
+    return policy_loss, value_loss

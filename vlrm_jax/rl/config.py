@@ -1,0 +1,67 @@
+"""Settings of the A2C update, with the paper's values as defaults.
+
+Every choice the paper leaves open is a field here; docs/architecture.md ("The A2C step") says
+which reading each default takes and why.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+ESTIMATORS = ("a2c", "scst", "rloo")
+PROB_DISTRIBUTIONS = ("sampled", "tempered", "raw")
+OBJECTIVES = ("prob", "logprob")
+CLIP_MODES = ("joint", "per_network")
+
+# Path regexes (parameter paths joined by "/") of what each network trains.
+POLICY_TRAINABLE = (r"^query_tokens$", r"^qformer/", r"^language_projection/")
+VALUE_TRAINABLE = (r"^lora/", r"^head/")
+
+
+@dataclasses.dataclass(frozen=True)
+class A2CConfig:
+    estimator: str = "a2c"  # a2c: learned value; scst: greedy caption's reward; rloo: leave-one-out
+    # p_k: the probability of the sampled token under the distribution the rollout drew it from
+    # (temperature, then top-k renormalised), under the tempered softmax, or under the raw softmax.
+    prob: str = "sampled"
+    objective: str = "prob"  # the paper's L_p = -mean p_k M_k; "logprob": -mean log p_k M_k
+    micro_batches: int = 1
+    learning_rate: float = 1e-5
+    warmup_steps: int = 20
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    clip_norm: float = 1.0
+    clip_mode: str = "joint"
+    advantage_eps: float = 1e-8  # M = (A - mean) / (std + eps)
+    rloo_samples: int = 4  # captions per image for rloo
+    logit_chunk: int = 16  # caption positions per chunk of the vocabulary projection
+    remat: bool = True  # recompute each OPT layer in the backward passes
+    policy_trainable: tuple[str, ...] = POLICY_TRAINABLE
+    value_trainable: tuple[str, ...] = VALUE_TRAINABLE
+
+    def __post_init__(self):
+        def check(name, allowed):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"a2c {name}={getattr(self, name)!r}: expected one of {allowed}")
+
+        check("estimator", ESTIMATORS)
+        check("prob", PROB_DISTRIBUTIONS)
+        check("objective", OBJECTIVES)
+        check("clip_mode", CLIP_MODES)
+        for name in ("micro_batches", "logit_chunk"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"a2c {name}={getattr(self, name)}: must be >= 1")
+        if self.warmup_steps < 0:
+            raise ValueError(f"a2c warmup_steps={self.warmup_steps}: must be >= 0")
+        if self.learning_rate <= 0 or self.clip_norm <= 0:
+            raise ValueError("a2c learning_rate and clip_norm must be > 0")
+        if self.estimator == "rloo" and self.rloo_samples < 2:
+            raise ValueError(f"a2c rloo_samples={self.rloo_samples}: leave-one-out needs >= 2")
+
+    @property
+    def uses_value(self) -> bool:
+        return self.estimator == "a2c"
+
+    @property
+    def samples_per_image(self) -> int:
+        return self.rloo_samples if self.estimator == "rloo" else 1

@@ -1,0 +1,328 @@
+"""The A2C training step: rollout -> reward -> value pass -> global advantage statistics -> policy
+pass -> one optimizer step, as jitted functions of (TrainState, FrozenParams, batch).
+
+    trainer = A2CStep(cfg, captioner, value_net, scorer, rollout_cfg, itm=..., ref_lm=..., mesh=...)
+    state = trainer.init_state(seed)
+    state, metrics = trainer.step(state, trainer.frozen, batch)        # the whole step
+    exp, metrics = trainer.experience(state, trainer.frozen, batch)    # rollout and reward only
+    state, metrics = trainer.update(state, trainer.frozen, exp)        # the update on given returns
+    grads_p, grads_v, metrics = trainer.gradients(state, trainer.frozen, exp)  # before clipping
+
+`batch` is a dict of arrays with a leading batch axis: `pixels` (the captioner's, channels last),
+optionally `itm_pixels` (when the ITM trunk is not shared) and `clip_pixels` (VLRM-RS). The
+trainable state is donated; frozen weights are arguments, never constants of the program.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from vlrm_jax import sharding as shd
+from vlrm_jax import sharing
+from vlrm_jax.generate.config import GenerationConfig
+from vlrm_jax.generate.search import generate_from_embeds
+from vlrm_jax.models.blip2 import Blip2Captioner
+from vlrm_jax.models.opt import causal_mask, position_ids
+from vlrm_jax.models.value import ValueNetwork
+from vlrm_jax.rewards.reward import RewardModels
+from vlrm_jax.rl import losses, optim
+from vlrm_jax.rl.config import A2CConfig
+from vlrm_jax.rl.state import Experience, FrozenParams, TrainState
+from vlrm_jax.rl.trainable import path_name, split_trainable
+
+
+def caption_inputs(captioner: Blip2Captioner, soft_prompt, tokens, mask):
+    """[soft prompt ; BOS ; tokens[:-1]] and its (R, Q + T) mask: position Q + k predicts token k,
+    exactly as the rollout's decoder saw it (the policy's p_k and the value V_k of the state
+    before token k both read that position)."""
+    r = tokens.shape[0]
+    bos = jnp.full((r, 1), captioner.cfg.text.bos_token_id, tokens.dtype)
+    ids = jnp.concatenate([bos, tokens[:, :-1]], axis=1)
+    text_mask = jnp.concatenate([jnp.ones((r, 1), jnp.int32), mask[:, :-1].astype(jnp.int32)], axis=1)
+    return captioner.prompt_inputs(soft_prompt, ids, text_mask)
+
+
+def _check_rollout(cfg: A2CConfig, rollout: GenerationConfig, scorer) -> None:
+    if not rollout.do_sample or rollout.num_beams != 1 or rollout.num_return_sequences != 1:
+        raise ValueError("rollout generation must sample one caption per row (do_sample=True, num_beams=1, "
+                         "num_return_sequences=1; rloo repeats the images itself)")
+    if cfg.prob == "sampled" and (rollout.no_repeat_ngram_size or rollout.min_new_tokens or rollout.top_p < 1):
+        raise ValueError("a2c prob='sampled' takes p_k under temperature and top-k only; the rollout also uses "
+                         "no_repeat_ngram_size / min_new_tokens / top_p, so p_k would not be the sampling "
+                         "distribution: drop those or use prob='tempered'")
+    limit = getattr(scorer, "max_new_tokens", rollout.max_new_tokens)
+    if limit != rollout.max_new_tokens:
+        raise ValueError(f"the reward's max_new_tokens ({limit}) differs from the rollout's ({rollout.max_new_tokens})")
+
+
+class A2CStep:
+    def __init__(self, cfg: A2CConfig, captioner: Blip2Captioner, value_net: ValueNetwork, scorer,
+                 rollout: GenerationConfig, *, itm=None, ref_lm=None, clip=None, mesh=None, rules=shd.DEFAULT_RULES):
+        _check_rollout(cfg, rollout, scorer)
+        needs = getattr(scorer, "needs", ())
+        for name, model in (("itm", itm), ("ref_lm", ref_lm), ("clip", clip)):
+            if name in needs and model is None:
+                raise ValueError(f"the reward needs the {name} model, which was not given")
+        self.cfg, self.rollout_cfg, self.scorer, self.mesh = cfg, rollout, scorer, mesh
+        if mesh is not None:
+            for model in (captioner, value_net, itm, ref_lm, clip):
+                if model is not None:
+                    shd.shard_module(model, mesh, rules)
+
+        self.policy_graph, policy, policy_frozen = split_trainable(captioner, cfg.policy_trainable, "policy")
+        self.value_graph, value, value_frozen = split_trainable(value_net, cfg.value_trainable, "value")
+        self._initial = (policy, value)
+        trains_lm = any(name.startswith("language_model/") for name in _names(policy))
+
+        # Frozen work done once: decided by comparing weights, never assumed.
+        self.vision_report = sharing.vision_trunk_shared(captioner, itm) if itm is not None else None
+        self.vision_shared = bool(self.vision_report and self.vision_report.shared)
+        self.ref_report = sharing.reference_lm_shared(captioner, ref_lm) if ref_lm is not None else None
+        self.ref_shared = bool(self.ref_report and self.ref_report.shared) and not trains_lm
+        if self.vision_shared:  # hold the trunk once: the ITM's trunk leaves become the captioner's arrays
+            _alias_trunk(itm, captioner)
+        self.itm_graph, itm_state = nnx.split(itm) if itm is not None else (None, None)
+        self.ref_graph, ref_state = nnx.split(ref_lm) if ref_lm is not None and not self.ref_shared else (None, None)
+        self.clip_graph, clip_state = nnx.split(clip) if clip is not None else (None, None)
+        self.frozen = FrozenParams(policy_frozen, value_frozen, itm_state, ref_state, clip_state)
+
+        self.tx = optim.adam(cfg)
+        self.step = jax.jit(self._step, donate_argnums=0)
+        self.experience = jax.jit(self._experience)
+        self.update = jax.jit(self._update, donate_argnums=0)
+        self.gradients = jax.jit(self._gradients)
+
+    # ------------------------------------------------------------------------------------------
+    def init_state(self, seed: int) -> TrainState:
+        policy, value = jax.tree.map(jnp.copy, self._initial)
+        return TrainState(
+            step=jnp.int32(0), key=jax.random.PRNGKey(seed), policy=policy, value=value,
+            policy_opt=self.tx.init(policy), value_opt=self.tx.init(value),
+            skipped=jnp.int32(0), skipped_in_row=jnp.int32(0),
+        )
+
+    def shard_batch(self, batch: dict) -> dict:
+        """Put a host batch on the mesh's data axis (or leave it for a single device)."""
+        if self.mesh is None:
+            return {k: jnp.asarray(v) for k, v in batch.items()}
+        return {k: shd.shard_batch(v, self.mesh) for k, v in batch.items()}
+
+    # ------------------------------------------------------------------------------------------
+    def _captioner(self, policy, frozen: FrozenParams) -> Blip2Captioner:
+        return nnx.merge(self.policy_graph, policy, frozen.policy)
+
+    def _reward_models(self, captioner, frozen: FrozenParams) -> RewardModels:
+        ref = captioner.language_model if self.ref_shared else (
+            nnx.merge(self.ref_graph, frozen.ref_lm) if frozen.ref_lm is not None else None)
+        itm = nnx.merge(self.itm_graph, frozen.itm) if frozen.itm is not None else None
+        clip = nnx.merge(self.clip_graph, frozen.clip) if frozen.clip is not None else None
+        return RewardModels(itm=itm, ref_lm=ref, clip=clip)
+
+    def _vision(self, captioner, models: RewardModels, batch):
+        pixels = batch["pixels"]
+        if self.vision_shared:
+            trunk = captioner.vision_model.trunk(pixels)
+            states = captioner.vision_model.post_layernorm(trunk)
+            itm_states = models.itm.vision_model.post_layernorm(trunk)
+        else:
+            states = captioner.vision_model(pixels)
+            itm_states = models.itm.vision_model(batch.get("itm_pixels", pixels)) if models.itm is not None else None
+        return jax.lax.stop_gradient(states), jax.lax.stop_gradient(itm_states)
+
+    def _experience(self, state: TrainState, frozen: FrozenParams, batch: dict):
+        """Rollout and reward (no gradients): an `Experience` and the reward's metrics."""
+        cap = self._captioner(state.policy, frozen)
+        models = self._reward_models(cap, frozen)
+        states, itm_states = self._vision(cap, models, batch)
+        k = self.cfg.samples_per_image
+        if k > 1:  # rloo: k captions of every image, rows i*k .. i*k+k-1 for image i
+            repeat = lambda x: None if x is None else jnp.repeat(x, k, axis=0)  # noqa: E731
+            states, itm_states = repeat(states), repeat(itm_states)
+            batch = {name: repeat(v) for name, v in batch.items()}
+        key = jax.random.fold_in(state.key, state.step)
+        rollout = generate_from_embeds(cap, self.rollout_cfg, states, key)
+        out = self.scorer(models, rollout.tokens, itm_states, batch, self.mesh)
+        returns = jnp.asarray(out.returns, jnp.float32)
+        metrics = {f"reward/{name}": v for name, v in out.stats.items()}
+        metrics["reward/mean"] = jnp.mean(returns[:, 0])  # a caption's whole reward is R at its first token
+        baseline = None
+        if self.cfg.estimator == "scst":
+            greedy_cfg = dataclasses.replace(self.rollout_cfg, do_sample=False, temperature=1.0, top_k=None)
+            greedy = generate_from_embeds(cap, greedy_cfg, states)
+            baseline = jnp.asarray(self.scorer(models, greedy.tokens, itm_states, batch, self.mesh).returns[:, 0], jnp.float32)
+            metrics["baseline/mean"] = jnp.mean(baseline)
+        elif self.cfg.estimator == "rloo":
+            total = returns[:, 0].reshape(-1, k)
+            baseline = ((total.sum(axis=1, keepdims=True) - total) / (k - 1)).reshape(-1)
+            metrics["baseline/mean"] = jnp.mean(baseline)
+        valid = rollout.mask.astype(jnp.float32)
+        metrics["caption/length"] = jnp.mean(jnp.sum(valid, axis=1))
+        metrics["caption/eos_rate"] = jnp.mean(rollout.finished.astype(jnp.float32))
+        exp = Experience(states, jax.lax.stop_gradient(cap.soft_prompt(states)), rollout.tokens,
+                         rollout.mask.astype(jnp.int32), returns, baseline)
+        return exp, metrics
+
+    # ------------------------------------------------------------------------------------------
+    def _micro(self, x):
+        """(R, ...) -> (M, R / M, ...): micro-batch j holds rows j, j + M, ..., so every device's
+        shard of the batch contributes to every micro-batch (no device idles in a scan step)."""
+        m = self.cfg.micro_batches
+        if x.shape[0] % m:
+            raise ValueError(f"{x.shape[0]} rollout rows do not split into {m} micro-batches")
+        y = x.reshape(x.shape[0] // m, m, *x.shape[1:]).swapaxes(0, 1)
+        if self.mesh is not None:
+            n = self.mesh.shape[shd.BATCH_AXES[0]]
+            if y.shape[1] % n:
+                raise ValueError(f"a micro-batch of {y.shape[1]} rows does not divide over {n} devices on the data axis")
+            y = jax.lax.with_sharding_constraint(y, NamedSharding(self.mesh, P(None, shd.BATCH_AXES, *([None] * (y.ndim - 2)))))
+        return y
+
+    def _unmicro(self, y):
+        return y.swapaxes(0, 1).reshape(-1, *y.shape[2:])
+
+    def _values(self, value, frozen: FrozenParams, lm, soft_prompt, tokens, mask, captioner):
+        net = nnx.merge(self.value_graph, value, frozen.value)
+        embeds, full_mask = caption_inputs(captioner, soft_prompt, tokens, mask)
+        values = net(lm, embeds, full_mask, remat=self.cfg.remat)
+        return values[:, soft_prompt.shape[1]:]
+
+    def _value_pass(self, state: TrainState, frozen: FrozenParams, exp: Experience):
+        """Gradient sums of sum_k (R - V)^2 over micro-batches, and V for every row."""
+        cap = self._captioner(state.policy, frozen)
+
+        def loss(value, soft, tokens, mask, returns):
+            v = self._values(value, frozen, cap.language_model, soft, tokens, mask, cap)
+            return losses.value_loss_sum(returns, v, mask), v
+
+        grad_fn = jax.value_and_grad(loss, has_aux=True)
+
+        def body(carry, mb):
+            (l, v), g = grad_fn(state.value, *mb)
+            return (jax.tree.map(jnp.add, carry[0], g), carry[1] + l), v
+
+        zeros = (jax.tree.map(jnp.zeros_like, state.value), jnp.float32(0))
+        xs = tuple(self._micro(x) for x in (exp.soft_prompt, exp.tokens, exp.mask, exp.returns))
+        (grads, loss_sum), values = jax.lax.scan(body, zeros, xs)
+        return grads, loss_sum, jax.lax.stop_gradient(self._unmicro(values))
+
+    def _policy_pass(self, state: TrainState, frozen: FrozenParams, exp: Experience, normalised):
+        """Gradient sums of -sum_k p_k M_k over micro-batches, with sums of p_k and entropy."""
+        r = self.rollout_cfg
+
+        def loss(policy, states, tokens, mask, m_k):
+            cap = self._captioner(policy, frozen)
+            soft = cap.soft_prompt(states)
+            embeds, full_mask = caption_inputs(cap, soft, tokens, mask)
+            lm = cap.language_model
+            hidden, _ = lm.decode(embeds, position_ids(full_mask), causal_mask(full_mask), remat=self.cfg.remat)
+            logp, entropy = losses.token_stats(hidden[:, soft.shape[1]:], tokens, lm.lm_head, self.cfg.prob,
+                                               r.temperature, r.top_k, self.cfg.logit_chunk)
+            p = jnp.exp(logp)
+            valid = mask.astype(jnp.float32)
+            total = losses.policy_loss_sum(p, logp, m_k, mask, self.cfg.objective)
+            return total, (jnp.sum(p * valid), jnp.sum(entropy * valid))
+
+        grad_fn = jax.value_and_grad(loss, has_aux=True)
+
+        def body(carry, mb):
+            (l, aux), g = grad_fn(state.policy, *mb)
+            grads, sums = carry
+            return (jax.tree.map(jnp.add, grads, g), sums + jnp.stack([l, *aux])), None
+
+        zeros = (jax.tree.map(jnp.zeros_like, state.policy), jnp.zeros(3, jnp.float32))
+        xs = tuple(self._micro(x) for x in (exp.vision_states, exp.tokens, exp.mask, normalised))
+        (grads, sums), _ = jax.lax.scan(body, zeros, xs)
+        return grads, sums
+
+    def _gradients(self, state: TrainState, frozen: FrozenParams, exp: Experience):
+        """Value pass, advantage statistics over the whole batch, policy pass: the gradients of
+        L_p and L_v (each a sum over micro-batches divided by the global token count) and the
+        update's metrics."""
+        mask = exp.mask
+        count = jnp.sum(mask.astype(jnp.float32))
+        n = jnp.maximum(count, 1.0)
+        metrics = {}
+        if self.cfg.uses_value:
+            value_grads, value_sum, values = self._value_pass(state, frozen, exp)
+            value_grads = jax.tree.map(lambda g: g / n, value_grads)
+            value_loss = value_sum / n
+            advantages = exp.returns - values
+            metrics["value/explained_variance"] = losses.explained_variance(exp.returns, values, mask)
+            metrics["value/mean"] = jnp.sum(values * mask) / n
+        else:
+            value_grads = jax.tree.map(jnp.zeros_like, state.value)
+            value_loss = jnp.float32(0)
+            advantages = exp.returns - exp.baseline[:, None]
+        stats = losses.advantage_stats(advantages, mask)
+        normalised = losses.normalise(advantages, stats, self.cfg.advantage_eps) * mask
+        policy_grads, sums = self._policy_pass(state, frozen, exp, normalised)
+        policy_grads = jax.tree.map(lambda g: g / n, policy_grads)
+        metrics.update({
+            "loss/value": value_loss, "loss/policy": sums[0] / n,
+            "return/mean": jnp.sum(exp.returns * mask) / n,
+            "advantage/mean": stats.mean, "advantage/std": stats.std, "tokens": count,
+            "policy/p_mean": sums[1] / n, "policy/entropy": sums[2] / n,
+            "grad_norm/policy": optax.global_norm(policy_grads), "grad_norm/value": optax.global_norm(value_grads),
+        })
+        return policy_grads, value_grads, metrics
+
+    def _update(self, state: TrainState, frozen: FrozenParams, exp: Experience):
+        """The gradients, clipped, then one Adam step of each network; a non-finite loss or
+        gradient keeps every parameter and optimizer buffer as it was and counts a skip."""
+        policy_grads, value_grads, metrics = self._gradients(state, frozen, exp)
+        policy_norm, value_norm = metrics["grad_norm/policy"], metrics["grad_norm/value"]
+        scale_p, scale_v = optim.clip_factors(self.cfg, policy_norm, value_norm)
+        new_policy, new_popt = optim.apply(self.tx, state.policy, state.policy_opt, policy_grads, scale_p)
+        if self.cfg.uses_value:
+            new_value, new_vopt = optim.apply(self.tx, state.value, state.value_opt, value_grads, scale_v)
+        else:
+            new_value, new_vopt = state.value, state.value_opt
+        ok = optim.all_finite(metrics["loss/policy"], metrics["loss/value"], policy_norm, value_norm, exp.returns)
+        policy_new, value_new, popt_new, vopt_new = optim.keep_if(
+            ok, (new_policy, new_value, new_popt, new_vopt), (state.policy, state.value, state.policy_opt, state.value_opt))
+        skip = 1 - ok.astype(jnp.int32)
+        new_state = TrainState(
+            step=state.step + 1, key=state.key, policy=policy_new, value=value_new,
+            policy_opt=popt_new, value_opt=vopt_new,
+            skipped=state.skipped + skip, skipped_in_row=jnp.where(ok, 0, state.skipped_in_row + 1),
+        )
+        metrics.update({
+            "lr": optim.learning_rate(self.cfg)(optim.updates_done(state.policy_opt)),
+            "skipped": new_state.skipped, "skipped_in_row": new_state.skipped_in_row, "update_ok": ok,
+        })
+        return new_state, metrics
+
+    def _step(self, state: TrainState, frozen: FrozenParams, batch: dict):
+        exp, reward_metrics = self._experience(state, frozen, batch)
+        state, update_metrics = self._update(state, frozen, exp)
+        return state, {**reward_metrics, **update_metrics}
+
+
+def _names(state) -> list[str]:
+    return [path_name(p) for p, _ in nnx.to_flat_state(state)]
+
+
+def _alias_trunk(itm, captioner) -> None:
+    """Point every ITM ViT parameter but its final LayerNorm at the captioner's (equal) array."""
+    source = dict(nnx.to_flat_state(nnx.state(captioner.vision_model, nnx.Param)))
+    for path, var in nnx.to_flat_state(nnx.state(itm.vision_model, nnx.Param)):
+        if not any(name in path for name in sharing.TRUNK_EXCLUDED):
+            var.set_value(source[path].get_value())
+
+
+def device_bytes(*trees) -> tuple[int, int]:
+    """(bytes of all array leaves, bytes of the distinct device buffers among them), over every
+    addressable shard: an array passed twice costs its bytes once."""
+    total, seen = 0, {}
+    for leaf in jax.tree.leaves(trees):
+        if isinstance(leaf, jax.Array):
+            for shard in leaf.addressable_shards:
+                total += shard.data.nbytes
+                seen[shard.data.unsafe_buffer_pointer()] = shard.data.nbytes
+    return total, int(np.sum(list(seen.values()))) if seen else 0
