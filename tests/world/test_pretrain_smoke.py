@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from vlrm_jax.world import demo, pretrain, shapes
+from vlrm_jax.world.pretrain import inputs, itm
 from vlrm_jax.world.tokenizers import build_tokenizers
 
 COLUMNS = {"R@1", "R@5", "R@10", "MRR", "mean_rank", "length", "objects", "colours", "absent"}
@@ -70,7 +71,7 @@ def test_clip_trains_on_what_its_folder_preprocessing_gives(first_run, smoke_cfg
     workdir, _ = first_run
     world = shapes.generate_world(smoke_cfg.world.seed, 6, 1, smoke_cfg.world.image_size, smoke_cfg.world.supersample)
     clip = ClipModel.load(str(workdir / "models" / "clip"))
-    np.testing.assert_array_equal(pretrain.clip_pixels(world.train.images, clip.config.vision.image_size[0]),
+    np.testing.assert_array_equal(inputs.clip_pixels(world.train.images, clip.config.vision.image_size[0]),
                                   clip.pixel_values(list(world.train.images)))
 
 
@@ -117,7 +118,7 @@ def scenes():
 
 def test_memoised_wordpiece_ids_equal_the_tokenizer(scenes, tmp_path):
     world = shapes.generate_world(0, 20, 4, image_size=8, supersample=1)
-    tok = pretrain.load_tokenizer(build_tokenizers(world, tmp_path)["itm"])
+    tok = inputs.load_tokenizer(build_tokenizers(world, tmp_path)["itm"])
     rng = np.random.default_rng(1)
-    texts = [t for i, s in enumerate(scenes[:50]) for t, _ in pretrain.itm_texts(s, scenes[i + 1], rng, 0.1)]
-    pretrain.WordPieceIds(tok, 48).check(texts)
+    texts = [t for i, s in enumerate(scenes[:50]) for t, _ in itm.itm_texts(s, scenes[i + 1], rng, 0.1)]
+    inputs.WordPieceIds(tok, 48).check(texts)

@@ -141,8 +141,8 @@ def named_objects(caption: str) -> list[tuple[str, str]]:
 def salient_counts(captions: list[str], scenes, style: str = "sized") -> dict[str, int]:
     """How many captions name exactly the scene's most salient object (and nothing else), name it
     among others, name some object of the scene first (right colour and shape), or are exactly
-    the captioner's training target (pretrain.short_caption)."""
-    from vlrm_jax.world.pretrain import short_caption
+    the captioner's training target (pretrain.captioner.short_caption)."""
+    from vlrm_jax.world.pretrain.captioner import short_caption
 
     counts = {"names_only_salient": 0, "names_salient": 0, "first_is_scene_object": 0, "exact_target": 0}
     for caption, scene in zip(captions, scenes):

@@ -1,0 +1,119 @@
+"""Image encoders pre-trained on scene parsing before they serve: BLIP2's EVA ViT and OpenCLIP's
+tower were pre-trained on web data; here a dense read-out of the scene is the fast stand-in."""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from vlrm_jax.models import common
+from vlrm_jax.world import shapes
+from vlrm_jax.world.pretrain.inputs import blip2_pixels, clip_pixels
+from vlrm_jax.world.pretrain.loop import step_rng, train_phase
+from vlrm_jax.world.pretrain.record import StageContext
+
+CELLS = shapes.GRID ** 2
+SHAPE_CLASSES = ("none",) + shapes.SHAPES
+COLOUR_CLASSES = ("none",) + tuple(shapes.OBJECT_COLOURS)
+SIZE_CLASSES = ("none",) + shapes.SIZES
+BACKGROUND_CLASSES = tuple(shapes.BACKGROUND_COLOURS)
+
+
+def scene_labels(scenes) -> np.ndarray:
+    """(N, 3 * 9 + 1) int32: each cell's shape, colour and size class (0 = empty), then the background."""
+    out = np.zeros((len(scenes), 3 * CELLS + 1), np.int32)
+    for i, scene in enumerate(scenes):
+        for o in scene.objects:
+            out[i, o.cell] = SHAPE_CLASSES.index(o.shape)
+            out[i, CELLS + o.cell] = COLOUR_CLASSES.index(o.colour)
+            out[i, 2 * CELLS + o.cell] = SIZE_CLASSES.index(o.size)
+        out[i, -1] = BACKGROUND_CLASSES.index(scene.background)
+    return out
+
+
+def cell_pooling(image_size: int, patch_size: int) -> np.ndarray:
+    """(9, patches) weights that average the patch tokens over each grid cell (by overlap area)."""
+    grid = image_size // patch_size
+    edges = np.arange(grid + 1) * patch_size
+    cell_edges = np.arange(shapes.GRID + 1) * image_size / shapes.GRID
+    overlap = np.clip(np.minimum(edges[None, 1:], cell_edges[1:, None]) - np.maximum(edges[None, :-1], cell_edges[:-1, None]), 0, None)
+    weights = np.einsum("rp,cq->rcpq", overlap, overlap).reshape(shapes.GRID ** 2, grid * grid)
+    return (weights / weights.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+class SceneParser(nnx.Module):
+    """An image encoder and a read-out of the scene: each cell's patch tokens, averaged, go through
+    one classifier shared by all cells (so the attributes must be written into the tokens where the
+    object is, which is what the Q-Former's cross-attention reads); the background comes from the
+    class token."""
+
+    def __init__(self, encoder: nnx.Module, width: int, image_size: int, patch_size: int, *, rngs: nnx.Rngs):
+        self.encoder = encoder
+        self.pooling = nnx.Variable(jnp.asarray(cell_pooling(image_size, patch_size)))
+        per_cell = len(SHAPE_CLASSES) + len(COLOUR_CLASSES) + len(SIZE_CLASSES)
+        self.cell_head = nnx.Linear(width, per_cell, rngs=rngs)
+        self.background_head = nnx.Linear(width, len(BACKGROUND_CLASSES), rngs=rngs)
+
+    def logits(self, tokens) -> list[jax.Array]:
+        """tokens (B, 1 + patches, D) -> one logits array per label column of scene_labels."""
+        cells = self.cell_head(jnp.einsum("cp,bpd->bcd", self.pooling[...], tokens[:, 1:]))
+        shape, colour, size = jnp.split(cells, np.cumsum([len(SHAPE_CLASSES), len(COLOUR_CLASSES)]), axis=-1)
+        per_cell = [z[:, c] for z in (shape, colour, size) for c in range(CELLS)]
+        return per_cell + [self.background_head(tokens[:, 0])]
+
+
+def scene_parsing_loss(logits: list[jax.Array], labels) -> jax.Array:
+    return jnp.mean(jnp.stack([optax.softmax_cross_entropy_with_integer_labels(z, labels[:, k]).mean()
+                               for k, z in enumerate(logits)]))
+
+
+def pretrain_encoder(ctx: StageContext, name: str, encoder: nnx.Module, tokens_fn: Callable,
+                     pixels: np.ndarray, patch_size: int, phase, seed: int) -> tuple[np.ndarray, float, float]:
+    """Train `encoder` in place to read out the scene; returns (losses, seconds, held-out accuracy
+    over every cell attribute and the background). `tokens_fn(encoder, pixels)` -> (B, N, D)."""
+    size = pixels.shape[1]
+    width = jax.eval_shape(lambda p: tokens_fn(encoder, p), jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)).shape[-1]
+    parser = SceneParser(encoder, width, size, patch_size, rngs=nnx.Rngs(seed))
+    labels = scene_labels(ctx.world.train.scenes)
+
+    def batch_at(step):
+        rows = step_rng(seed, step).integers(len(pixels), size=phase.batch_size)
+        return {"pixels": pixels[rows], "labels": labels[rows]}
+
+    def loss_fn(parser, batch):
+        return scene_parsing_loss(parser.logits(tokens_fn(parser.encoder, batch["pixels"])), batch["labels"])
+
+    losses, seconds = train_phase(ctx, name, parser, loss_fn, batch_at, phase)
+    return losses, seconds, _parsing_accuracy(parser, tokens_fn, ctx.world.test, pixels.shape[1])
+
+
+def _parsing_accuracy(parser: SceneParser, tokens_fn, split: shapes.Split, size: int) -> float:
+    graphdef, state = nnx.split(parser)
+
+    @jax.jit
+    def predict(state, pixels):
+        model = nnx.merge(graphdef, state)
+        return jnp.stack([z.argmax(-1) for z in model.logits(tokens_fn(model.encoder, pixels))], axis=1)
+
+    pixels = clip_pixels(split.images, size) if tokens_fn is clip_vision_tokens else blip2_pixels(split.images, size)
+    return float(np.mean(np.asarray(predict(state, pixels)) == scene_labels(split.scenes)))
+
+
+def vit_tokens(vit, pixels):
+    return vit(pixels)
+
+
+def clip_vision_tokens(tower, pixels):
+    """Every token of OpenCLIP's image tower after `ln_post` (its forward, before pooling)."""
+    patches = tower.conv1(pixels)
+    b, d = patches.shape[0], patches.shape[-1]
+    cls = jnp.broadcast_to(tower.class_embedding[...], (b, 1, d))
+    x = jnp.concatenate([cls, patches.reshape(b, -1, d)], axis=1) + tower.positional_embedding[...]
+    if tower.ln_pre is not None:
+        x = tower.ln_pre(x)
+    x, _ = common.scan_stack(tower.blocks, lambda layer, h, _: (layer(h, None), None), x)
+    return tower.ln_post(x)

@@ -1,0 +1,147 @@
+"""Stage 2, BLIP2-ITM: its ViT first learns to read out the scene (phase itm_vision), then is
+frozen while the Q-Former learns graded match targets, a ranking term and BLIP2's ITC loss."""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from vlrm_jax.models.itm import Blip2Itm, ItmConfig
+from vlrm_jax.models.qformer import QFormerConfig
+from vlrm_jax.models.vit import VisionConfig
+from vlrm_jax.world import shapes
+from vlrm_jax.world.language import (complete_description, corrupt, match_target, partial_description,
+                                     render_description, terse_description)
+from vlrm_jax.world.pretrain.encoder import pretrain_encoder, vit_tokens
+from vlrm_jax.world.pretrain.inputs import WordPieceIds, blip2_pixels, load_tokenizer, tokenizer_files, vision_states
+from vlrm_jax.world.pretrain.loop import fan_in_init, step_rng, train_phase
+from vlrm_jax.world.pretrain.record import LOG_EVERY, StageContext, StageResult, save_stage
+
+TEXTS_PER_IMAGE = 4  # two (correct, wrong) pairs, see itm_texts
+
+
+def itm_texts(scene: shapes.Scene, other: shapes.Scene, rng: np.random.Generator,
+              floor: float) -> list[tuple[str, float]]:
+    """Two (correct, wrong) pairs of (text, match target) for one image:
+    the full caption (1) and the same caption with one detail made wrong (0); a true partial or
+    terse description (graded, see match_target) and the same with one detail made wrong, or now
+    and then another scene's full caption (0). Pairs that differ in one detail are what teaches
+    the ITM to check every detail (the ranking term of itm_loss compares them)."""
+    n_templates = len(shapes.FULL_TEMPLATES)
+    full = complete_description(scene, int(rng.integers(n_templates)))
+    partial = terse_description(scene) if rng.random() < 0.2 else partial_description(scene, rng)
+    if rng.random() < 0.2:
+        partial_wrong = shapes.full_caption(other, int(rng.integers(n_templates)))
+    else:
+        partial_wrong = render_description(corrupt(partial, scene, rng))
+    return [(render_description(full), 1.0), (render_description(corrupt(full, scene, rng)), 0.0),
+            (render_description(partial), match_target(partial, scene, floor)), (partial_wrong, 0.0)]
+
+
+def itm_config(cfg, vocab_size: int, pad_token_id: int) -> ItmConfig:
+    scfg = cfg.itm
+    qformer = QFormerConfig(vocab_size=vocab_size, pad_token_id=pad_token_id, **scfg.qformer.to_dict())
+    return ItmConfig(vision=VisionConfig(**scfg.vision.to_dict()), qformer=qformer,
+                     num_query_tokens=scfg.num_query_tokens, image_text_hidden_size=scfg.image_text_hidden_size)
+
+
+def itm_loss(logits, target, centering: float, ranking: float):
+    """Cross-entropy against the soft match target; a logistic ranking term that puts each correct
+    text above its one-detail-wrong twin (rows come in itm_texts' order); and a pull of
+    logit_0 + logit_1 towards 0 so the match logit alone (the reward) carries the score."""
+    logp = jax.nn.log_softmax(logits)
+    ce = -(target * logp[:, 1] + (1.0 - target) * logp[:, 0])
+    score = (logits[:, 1] - logits[:, 0]).reshape(-1, 2)  # (correct, wrong) pairs
+    rank = jax.nn.softplus(score[:, 1] - score[:, 0])
+    return ce.mean() + ranking * rank.mean() + centering * jnp.mean(logits.sum(axis=-1) ** 2)
+
+
+def itc_loss(model: Blip2Itm, states, ids, mask, temperature: float):
+    """BLIP2's image-text contrastive term over the batch (max over query outputs): it gives the
+    text side a grounded meaning fast, which the matching head then builds on."""
+    sims = model.itc_similarity(states, ids, mask) / temperature
+    labels = jnp.arange(sims.shape[0])
+    ce = lambda z: optax.softmax_cross_entropy_with_integer_labels(z, labels).mean()  # noqa: E731
+    return 0.5 * (ce(sims) + ce(sims.T))
+
+
+def train_itm(ctx: StageContext) -> StageResult:
+    scfg = ctx.cfg.itm
+    tokenizer = load_tokenizer(ctx.tokenizer_dirs["itm"])
+    encode = WordPieceIds(tokenizer, scfg.max_length)
+    train = ctx.world.train
+    model_cfg = itm_config(ctx.cfg, len(tokenizer), tokenizer.pad_token_id)
+    pixels = blip2_pixels(train.images, model_cfg.vision.image_size)
+    check_rng = np.random.default_rng(np.random.SeedSequence([scfg.seed, 2, 0]))
+    encode.check([t for i in range(min(50, len(train))) for t, _ in _itm_batch_texts(train, i, scfg, check_rng)])
+    model = Blip2Itm(model_cfg, rngs=nnx.Rngs(scfg.seed))
+    fan_in_init(model, scfg.seed, skip=("vision_model",))
+    # The image encoder is pre-trained, then frozen as BLIP2 freezes EVA ViT-g; the captioner
+    # reuses it whole, so the RL run can share the trunk.
+    vision_losses, vision_seconds, parsing_accuracy = pretrain_encoder(
+        ctx, "itm_vision", model.vision_model, vit_tokens, pixels, model_cfg.vision.patch_size,
+        scfg.vision_pretrain, scfg.seed + 100)
+    states = vision_states(model.vision_model, pixels)
+
+    def batch_at(step):
+        rng = step_rng(scfg.seed, step)
+        images = rng.integers(len(train), size=scfg.batch_size)
+        pairs = [p for i in images for p in _itm_batch_texts(train, int(i), scfg, rng)]
+        ids, mask = encode([t for t, _ in pairs])
+        return {"states": states[images], "ids": ids, "mask": mask,
+                "target": np.asarray([y for _, y in pairs], np.float32)}
+
+    def loss_fn(model, batch):
+        states, ids, mask = batch["states"], batch["ids"], batch["mask"]
+        logits = model.itm_logits(jnp.repeat(states, TEXTS_PER_IMAGE, axis=0), ids, mask)
+        loss = itm_loss(logits, batch["target"], scfg.logit_centering, scfg.ranking)
+        if scfg.itc_weight:  # row 0 of each image's texts is its full caption
+            full = slice(0, None, TEXTS_PER_IMAGE)
+            loss += scfg.itc_weight * itc_loss(model, states, ids[full], mask[full], scfg.itc_temperature)
+        return loss
+
+    trainable = nnx.All(nnx.Param, lambda path, _: path[0] != "vision_model")
+    losses, seconds = train_phase(ctx, "itm", model, loss_fn, batch_at, scfg, trainable)
+    metrics = {"vision_parsing_accuracy": parsing_accuracy, "vision_seconds": vision_seconds,
+               "vision_final_loss": float(np.mean(vision_losses[-LOG_EVERY:])),
+               **itm_preferences(model, ctx.world.test, encode, scfg)}
+    return save_stage(ctx, "itm", "blip2_itm", model_cfg.to_dict(), model, losses, seconds + vision_seconds,
+                       metrics, tokenizer_files(ctx.tokenizer_dirs["itm"]))
+
+
+def _itm_batch_texts(split: shapes.Split, index: int, scfg, rng) -> list[tuple[str, float]]:
+    other = (index + 1 + int(rng.integers(len(split) - 1))) % len(split) if len(split) > 1 else index
+    return itm_texts(split.scenes[index], split.scenes[other], rng, scfg.partial_floor)
+
+
+def itm_preferences(model: Blip2Itm, split: shapes.Split, encode: WordPieceIds, scfg) -> dict:
+    """What the reward will see, on held-out scenes: mean match logit of the full, terse and
+    one-wrong-detail captions, and how often full beats terse and correct beats wrong."""
+    rng = np.random.default_rng(np.random.SeedSequence([scfg.seed, 10 ** 6]))
+    kinds = {
+        "full": [shapes.full_caption(s) for s in split.scenes],
+        "terse": [shapes.terse_caption(s) for s in split.scenes],
+        "full_wrong": [render_description(corrupt(complete_description(s), s, rng)) for s in split.scenes],
+        "terse_wrong": [render_description(corrupt(terse_description(s), s, rng)) for s in split.scenes],
+    }
+    pixels = blip2_pixels(split.images, model.cfg.vision.image_size)
+    match = match_logit_fn(model)
+    logits = {k: match(pixels, *encode(texts)) for k, texts in kinds.items()}
+    out = {f"match_logit_{k}": float(v.mean()) for k, v in logits.items()}
+    out["full_beats_terse"] = float(np.mean(logits["full"] > logits["terse"]))
+    out["full_beats_full_wrong"] = float(np.mean(logits["full"] > logits["full_wrong"]))
+    out["terse_beats_terse_wrong"] = float(np.mean(logits["terse"] > logits["terse_wrong"]))
+    return out
+
+
+def match_logit_fn(model: Blip2Itm, chunk: int = 250) -> Callable:
+    """(pixels, ids, mask) -> match logits (N,), one compiled function for every call."""
+    graphdef, state = nnx.split(model)
+    run = jax.jit(lambda s, p, i, m: nnx.merge(graphdef, s)(p, i, m)[:, 1])
+    return lambda pixels, ids, mask: np.concatenate([
+        np.asarray(run(state, pixels[k:k + chunk], ids[k:k + chunk], mask[k:k + chunk]))
+        for k in range(0, len(ids), chunk)])
