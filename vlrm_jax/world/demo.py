@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vlrm_jax.world import shapes
+from vlrm_jax.world import language, shapes
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "shapes.py"
 RECALL_COLUMNS = ("R@1", "R@5", "R@10", "MRR", "mean_rank")
@@ -140,12 +140,15 @@ def named_objects(caption: str) -> list[tuple[str, str]]:
 
 def salient_counts(captions: list[str], scenes, style: str = "sized") -> dict[str, int]:
     """How many captions name exactly the scene's most salient object (and nothing else), name it
-    among others, name some object of the scene first (right colour and shape), or are exactly
-    the captioner's training target (pretrain.captioner.short_caption)."""
+    among others, name some object of the scene first (right colour and shape), are exactly
+    the captioner's training target (pretrain.captioner.short_caption), or are sentences of the
+    world's language (language.parse)."""
     from vlrm_jax.world.pretrain.captioner import short_caption
 
-    counts = {"names_only_salient": 0, "names_salient": 0, "first_is_scene_object": 0, "exact_target": 0}
+    counts = {"names_only_salient": 0, "names_salient": 0, "first_is_scene_object": 0, "exact_target": 0,
+              "grammatical": 0}
     for caption, scene in zip(captions, scenes):
+        counts["grammatical"] += language.parse(caption) is not None
         salient = shapes.most_salient(scene)
         objects = named_objects(caption)
         counts["names_only_salient"] += objects == [(salient.colour, salient.shape)]
@@ -156,7 +159,9 @@ def salient_counts(captions: list[str], scenes, style: str = "sized") -> dict[st
 
 
 def quality_columns(captions: list[str], scenes) -> dict[str, float]:
-    quality = [shapes.caption_quality(c, s) for c, s in zip(captions, scenes)]
+    """Mean length, objects and colours stated right, share naming something absent (language.check:
+    the parse where the caption is grammatical, the word-level reading where it is not)."""
+    quality = [language.check(c, s) for c, s in zip(captions, scenes)]
     return {"length": float(np.mean([len(c.split()) for c in captions])),
             "objects": float(np.mean([q.objects for q in quality])),
             "colours": float(np.mean([q.colours for q in quality])),
@@ -259,7 +264,7 @@ def _report(summary: dict, wd) -> None:
     n = c["total"]
     print(f"\nbase captions naming exactly the salient object: {c['names_only_salient']}/{n}; naming it among "
           f"others: {c['names_salient']}/{n}; naming an object of the scene first: {c['first_is_scene_object']}/{n}; "
-          f"exactly the training caption: {c['exact_target']}/{n}")
+          f"exactly the training caption: {c['exact_target']}/{n}; grammatical: {c['grammatical']}/{n}")
     print(f"wrote {wd.root / 'results.json'}, {wd.root / 'examples.png'}; total {summary['seconds']:.0f} s")
 
 
