@@ -35,6 +35,7 @@ setup(
         "data": DATA,
         "tpu": ["jax[tpu]>=0.10.2,<0.13"],
         "gpu": ["jax[cuda12]>=0.10.2,<0.13"],
-        "dev": CONVERT + DATA + ["jax[cpu]>=0.10.2,<0.13", "pytest>=8", "pytest-xdist>=3.5"],
+        # peft: the LoRA side of the PyTorch reference of the A2C step
+        "dev": CONVERT + DATA + ["jax[cpu]>=0.10.2,<0.13", "pytest>=8", "pytest-xdist>=3.5", "peft>=0.17,<0.22"],
     },
 )

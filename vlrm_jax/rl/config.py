@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import dataclasses
 
+from vlrm_jax.models import blip2
+
 ESTIMATORS = ("a2c", "scst", "rloo")
 PROB_DISTRIBUTIONS = ("sampled", "tempered", "raw")
 OBJECTIVES = ("prob", "logprob")
 CLIP_MODES = ("joint", "per_network")
 
-# Path regexes (parameter paths joined by "/") of what each network trains.
-POLICY_TRAINABLE = (r"^query_tokens$", r"^qformer/", r"^language_projection/")
+# Path regexes (parameter paths joined by "/") of what each network trains. The policy: the
+# captioner's parts the paper trains (query tokens, Q-Former, language projection).
+POLICY_TRAINABLE = tuple(rf"^{name}(/|$)" for name in blip2.POLICY_TRAINABLE)
 VALUE_TRAINABLE = (r"^lora/", r"^head/")
 
 

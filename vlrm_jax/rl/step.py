@@ -70,10 +70,9 @@ class A2CStep:
             if name in needs and model is None:
                 raise ValueError(f"the reward needs the {name} model, which was not given")
         self.cfg, self.rollout_cfg, self.scorer, self.mesh = cfg, rollout, scorer, mesh
-        if mesh is not None:
-            for model in (captioner, value_net, itm, ref_lm, clip):
-                if model is not None:
-                    shd.shard_module(model, mesh, rules)
+        for model in (captioner, value_net, itm, ref_lm, clip):  # on the devices once, not per call
+            if model is not None:
+                _place(model, mesh, rules)
 
         self.policy_graph, policy, policy_frozen = split_trainable(captioner, cfg.policy_trainable, "policy")
         self.value_graph, value, value_frozen = split_trainable(value_net, cfg.value_trainable, "value")
@@ -97,6 +96,7 @@ class A2CStep:
         self.experience = jax.jit(self._experience)
         self.update = jax.jit(self._update, donate_argnums=0)
         self.gradients = jax.jit(self._gradients)
+        self.values = jax.jit(lambda state, frozen, exp: self._value_pass(state, frozen, exp)[2])
 
     # ------------------------------------------------------------------------------------------
     def init_state(self, seed: int) -> TrainState:
@@ -302,6 +302,14 @@ class A2CStep:
         exp, reward_metrics = self._experience(state, frozen, batch)
         state, update_metrics = self._update(state, frozen, exp)
         return state, {**reward_metrics, **update_metrics}
+
+
+def _place(module: nnx.Module, mesh, rules) -> None:
+    if mesh is not None:
+        shd.shard_module(module, mesh, rules)
+        return
+    for _, var in nnx.to_flat_state(nnx.state(module, nnx.Param)):
+        var.set_value(jnp.asarray(var.get_value()))
 
 
 def _names(state) -> list[str]:
