@@ -13,6 +13,7 @@ from typing import Any
 import jax.numpy as jnp
 from flax import nnx
 
+from vlrm_jax import ops
 from vlrm_jax.models import common
 from vlrm_jax.models.opt import OPTConfig, OPTForCausalLM, causal_mask, position_ids
 from vlrm_jax.models.qformer import QFormer, QFormerConfig
@@ -77,8 +78,7 @@ class Blip2Captioner(nnx.Module):
 
     def query_output(self, image_embeds):
         """Q-Former over the learned queries, cross-attending to the image: (B, Q, Dq) fp32."""
-        b = image_embeds.shape[0]
-        queries = jnp.broadcast_to(self.query_tokens[...], (b, *self.query_tokens.shape[1:]))
+        queries = ops.broadcast_queries(self.query_tokens[...], image_embeds.shape[0])
         return self.qformer(queries, image_embeds, query_length=queries.shape[1])
 
     def soft_prompt(self, image_embeds):

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from vlrm_jax import ops
 from vlrm_jax.models import common
 
 # open_clip options that change nothing at inference (dropout, training-only outputs, how the
@@ -217,8 +218,9 @@ class ClipVisionTower(nnx.Module):
         self.ln_post = common.layer_norm(d, cfg.layer_norm_eps, rngs=rngs, **kw)
         self.proj = common.param(rngs, (d, embed_dim), ("embed", None), pdt)
 
-    def __call__(self, pixel_values):
-        """(B, H, W, 3) normalised pixels -> (B, embed_dim)."""
+    def trunk(self, pixel_values):
+        """(B, H, W, 3) normalised pixels -> every token after the blocks (B, 1 + patches, width),
+        before `ln_post`."""
         if tuple(pixel_values.shape[1:3]) != self.cfg.image_size:
             raise ValueError(f"pixel_values are {tuple(pixel_values.shape[1:3])}, "
                              f"the model wants {self.cfg.image_size}")
@@ -229,7 +231,16 @@ class ClipVisionTower(nnx.Module):
         x = jnp.concatenate([cls, patches.reshape(b, -1, d)], axis=1) + self.positional_embedding[...].astype(dt)
         if self.ln_pre is not None:
             x = self.ln_pre(x)
-        return self._pool(_run_blocks(self.blocks, x, None)) @ self.proj[...].astype(dt)
+        return _run_blocks(self.blocks, x, None)
+
+    def head(self, trunk_states):
+        """Trunk tokens -> (B, embed_dim): pooling, `ln_post` and the projection."""
+        dt = common.to_dtype(self.cfg.dtype)
+        return self._pool(trunk_states) @ self.proj[...].astype(dt)
+
+    def __call__(self, pixel_values):
+        """(B, H, W, 3) normalised pixels -> (B, embed_dim)."""
+        return self.head(self.trunk(pixel_values))
 
     def _pool(self, x):
         """open_clip's VisionTransformer._pool without an attentional pooler."""
@@ -300,11 +311,8 @@ class ClipModel(nnx.Module):
 
     def logits(self, pixel_values, input_ids) -> jax.Array:
         """(B_images, B_texts) as open_clip's get_logits: exp(logit_scale) * cosine (+ logit_bias)."""
-        image = _l2_normalize(self.encode_image(pixel_values).astype(jnp.float32))
-        text = _l2_normalize(self.encode_text(input_ids).astype(jnp.float32))
+        image = ops.l2_normalize(self.encode_image(pixel_values).astype(jnp.float32))
+        text = ops.l2_normalize(self.encode_text(input_ids).astype(jnp.float32))
         out = jnp.exp(self.logit_scale[...]) * image @ text.T
         return out if self.logit_bias is None else out + self.logit_bias[...]
 
-
-def _l2_normalize(x):
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)  # torch F.normalize's eps

@@ -13,6 +13,7 @@ from typing import Any
 import jax.numpy as jnp
 from flax import nnx
 
+from vlrm_jax import ops
 from vlrm_jax.models import common
 from vlrm_jax.models.qformer import QFormer, QFormerConfig
 from vlrm_jax.models.vit import VisionConfig, VisionTransformer
@@ -46,10 +47,6 @@ class TextEmbeddings(nnx.Module):
         return self.word_embeddings(input_ids) + self.position_embeddings(jnp.arange(input_ids.shape[1]))[None]
 
 
-def _normalize(x):
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
 class Blip2Itm(nnx.Module):
     def __init__(self, cfg: ItmConfig, *, rngs: nnx.Rngs):
         if not cfg.qformer.use_qformer_text_input:
@@ -64,26 +61,24 @@ class Blip2Itm(nnx.Module):
         self.text_projection = common.dense(dq, cfg.image_text_hidden_size, ("qformer_embed", None), rngs=rngs)
         self.itm_head = common.dense(dq, 2, ("qformer_embed", None), rngs=rngs)
 
-    def _queries(self, batch: int):
-        return jnp.broadcast_to(self.query_tokens[...], (batch, *self.query_tokens.shape[1:]))
-
     def itm_logits(self, image_embeds, input_ids, attention_mask):
         """(B, N, Dv) vision states, (B, T) text ids and mask -> (B, 2) fp32 logits."""
         b, q = input_ids.shape[0], self.cfg.num_query_tokens
-        embeds = jnp.concatenate([self._queries(b), self.embeddings(input_ids)], axis=1)
+        embeds = jnp.concatenate([ops.broadcast_queries(self.query_tokens[...], b), self.embeddings(input_ids)], axis=1)
         mask = jnp.concatenate([jnp.ones((b, q), attention_mask.dtype), attention_mask], axis=1)
         out = self.qformer(embeds, image_embeds, query_length=q, attention_mask=mask)
         return self.itm_head(out[:, :q]).mean(axis=1)
 
     def image_features(self, image_embeds):
         """(B, Q, D) normalised projected query outputs (ITC image side)."""
-        out = self.qformer(self._queries(image_embeds.shape[0]), image_embeds, query_length=self.cfg.num_query_tokens)
-        return _normalize(self.vision_projection(out))
+        queries = ops.broadcast_queries(self.query_tokens[...], image_embeds.shape[0])
+        out = self.qformer(queries, image_embeds, query_length=self.cfg.num_query_tokens)
+        return ops.l2_normalize(self.vision_projection(out))
 
     def text_features(self, input_ids, attention_mask):
         """(B, D) normalised projected [CLS] output of the text-only Q-Former (ITC text side)."""
         out = self.qformer(self.embeddings(input_ids), None, query_length=0, attention_mask=attention_mask)
-        return _normalize(self.text_projection(out[:, 0]))
+        return ops.l2_normalize(self.text_projection(out[:, 0]))
 
     def itc_similarity(self, image_embeds, input_ids, attention_mask):
         """(B_img, B_txt): cosine similarity, max over the query outputs, as transformers gives it."""

@@ -90,6 +90,10 @@ class VisionTransformer(nnx.Module):
         x, _ = common.scan_stack(self.layers, lambda layer, h, _: (layer(h), None), x)
         return x
 
+    def head(self, trunk_states):
+        """The final LayerNorm over trunk states: each model that shares a trunk applies its own."""
+        return self.post_layernorm(trunk_states)
+
     def __call__(self, pixel_values):
         """pixel_values (B, H, W, 3) normalised -> last hidden state (B, 1 + patches, D)."""
-        return self.post_layernorm(self.trunk(pixel_values))
+        return self.head(self.trunk(pixel_values))

@@ -10,15 +10,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from vlrm_jax import ops
+
+
 def itm_match_logit(itm, image_embeds, itm_input_ids, itm_attention_mask):
     """(B,) match logits of image i with caption i. image_embeds: the ITM ViT's output
     (post-LayerNorm), e.g. `itm.vision_model(pixels)` or its LayerNorm over a shared trunk."""
     return itm.itm_logits(image_embeds, itm_input_ids, itm_attention_mask)[:, 1]
-
-
-def l2_normalize(x):
-    x = x.astype(jnp.float32)
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 def retrieval_specificity(image_emb, text_emb):
@@ -27,7 +25,8 @@ def retrieval_specificity(image_emb, text_emb):
     Computed over the global batch: under jit with a batch-sharded input, XLA gathers the (B, D)
     embeddings, so the value does not depend on how the batch is split over devices. std is the
     population std (ddof 0)."""
-    s = l2_normalize(image_emb) @ l2_normalize(text_emb).T  # S[i, j] = cos(image_i, text_j)
+    image, text = (ops.l2_normalize(x.astype(jnp.float32)) for x in (image_emb, text_emb))
+    s = image @ text.T  # S[i, j] = cos(image_i, text_j)
     d = jnp.diagonal(jax.nn.softmax(s, axis=0) * jax.nn.softmax(s, axis=1))
     std = d.std()
     # a batch of identical D values (e.g. B = 1) has std 0: Phi is then 0, not NaN
@@ -41,6 +40,4 @@ def reference_logprob(ref_lm, tokens, mask, bos_token_id: int):
     ids = jnp.concatenate([jnp.full((b, 1), bos_token_id, tokens.dtype), tokens], axis=1)
     attention = jnp.concatenate([jnp.ones((b, 1), jnp.int32), mask.astype(jnp.int32)], axis=1)
     logits = ref_lm(ids, attention)[:, :-1]
-    logp = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), tokens[..., None], axis=-1)[..., 0]
-    m = mask.astype(jnp.float32)
-    return jnp.sum(logp * m, axis=1) / jnp.maximum(m.sum(axis=1), 1.0)
+    return ops.masked_mean(ops.token_logprob(logits, tokens), mask, axis=1)
