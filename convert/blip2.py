@@ -13,6 +13,7 @@ from flax import nnx
 from convert import cli, rules
 from convert.sources import open_hf_dir, resolve_hf
 from convert.table import expand, iter_torch_to_flax
+from vlrm_jax.checkpoint.kinds import BLIP2_OPT as KIND
 from vlrm_jax.checkpoint.model_dir import write_model_dir
 from vlrm_jax.loading import override_precision
 from vlrm_jax.models import build
@@ -21,7 +22,6 @@ from vlrm_jax.models.opt import OPTConfig
 from vlrm_jax.models.qformer import QFormerConfig
 from vlrm_jax.models.vit import VisionConfig
 
-KIND = "blip2_opt"
 TIED_KEYS = ["language_model.lm_head.weight"]  # tied to the token embedding; not a parameter here
 
 

@@ -13,12 +13,12 @@ from convert import cli, rules
 from convert.blip2 import qformer_config, vision_config
 from convert.sources import open_hf_dir, resolve_hf
 from convert.table import Rule, expand, iter_torch_to_flax
+from vlrm_jax.checkpoint.kinds import BLIP2_ITM as KIND
 from vlrm_jax.checkpoint.model_dir import write_model_dir
 from vlrm_jax.loading import override_precision
 from vlrm_jax.models import build
 from vlrm_jax.models.itm import Blip2Itm, ItmConfig
 
-KIND = "blip2_itm"
 
 
 def config_from_hf_config(hf, origin: str = "config") -> ItmConfig:

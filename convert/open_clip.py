@@ -32,7 +32,8 @@ from convert import cli, rules
 from convert.sources import TensorSource, open_file
 from convert.table import CONV, IDENTITY, LINEAR, Rule, Transform, expand, iter_torch_to_flax
 from vlrm_jax.checkpoint.model_dir import write_model_dir
-from vlrm_jax.clip_api import KIND, OPEN_CLIP_CONFIG_FILE, PREPROCESS_FILE
+from vlrm_jax.checkpoint.kinds import OPEN_CLIP as KIND
+from vlrm_jax.checkpoint.open_clip_files import preprocess_config, write_side_files
 from vlrm_jax.loading import override_precision
 from vlrm_jax.models import build
 from vlrm_jax.models.clip import ClipConfig, ClipModel
@@ -165,45 +166,12 @@ def resolve_pretrained(name: str, tag_or_file: str) -> tuple[str, dict]:
                             f"(known tags: {list_pretrained_tags_by_model(name) or 'none'})")
 
 
-def preprocess_config(cfg: ClipConfig, tag_cfg: dict) -> dict:
-    """open_clip's eval preprocessing for this model: PreprocessCfg defaults, then the pretrained
-    tag's values, then the model's image size (as create_model sets it)."""
-    from open_clip.transform import PreprocessCfg, merge_preprocess_dict
-
-    merged = merge_preprocess_dict(PreprocessCfg(), tag_cfg)
-    merged["size"] = list(cfg.vision.image_size)
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in merged.items()}
-
-
-def preprocessor_kwargs(open_clip_preprocess: dict) -> dict:
-    """open_clip's preprocess keys -> vlrm_jax.data.OpenClipPreprocessor's arguments."""
-    p = open_clip_preprocess
-    return dict(image_size=p["size"], mean=p["mean"], std=p["std"], resize_mode=p["resize_mode"],
-                interpolation=p["interpolation"], fill_color=p["fill_color"])
-
-
 def _check_tag_activation(name: str, model_cfg: dict, tag_cfg: dict) -> None:
     # open_clip only warns here and builds what the model config says; so do we, loudly.
     if tag_cfg and bool(tag_cfg.get("quick_gelu", False)) != bool(model_cfg.get("quick_gelu", False)):
         print(f"warning: {name}: the pretrained tag was trained with quick_gelu={tag_cfg.get('quick_gelu', False)} "
               f"but the model config says {model_cfg.get('quick_gelu', False)}; following the model config "
               f"as open_clip does (use the '-quickgelu' model name to change it)", file=sys.stderr)
-
-
-def _write_json(folder: str, name: str, data: dict) -> str:
-    path = os.path.join(folder, name)
-    with open(path, "w") as f:
-        json.dump(data, f, indent=2)
-    return path
-
-
-def write_side_files(folder: str, oc_cfg: dict, preprocess: dict, model_name: str, pretrained: str) -> list[str]:
-    """The open_clip model config and the preprocessing a model folder carries beside its weights."""
-    return [
-        _write_json(folder, OPEN_CLIP_CONFIG_FILE, {"model_cfg": oc_cfg, "preprocess_cfg": preprocess,
-                                                     "model_name": model_name, "pretrained": pretrained}),
-        _write_json(folder, PREPROCESS_FILE, preprocessor_kwargs(preprocess)),
-    ]
 
 
 def convert(model: str, pretrained: str, dst: str, model_config_path: str | None = None,

@@ -14,12 +14,12 @@ from convert import cli, rules
 from convert.blip2 import opt_config
 from convert.sources import open_hf_dir, resolve_hf
 from convert.table import expand, iter_torch_to_flax
+from vlrm_jax.checkpoint.kinds import OPT as KIND
 from vlrm_jax.checkpoint.model_dir import write_model_dir
 from vlrm_jax.loading import override_precision
 from vlrm_jax.models import build
 from vlrm_jax.models.opt import OPTConfig, OPTForCausalLM
 
-KIND = "opt"
 TIED_KEYS = ["lm_head.weight"]
 
 

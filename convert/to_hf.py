@@ -18,6 +18,7 @@ from convert import blip2 as blip2_conv
 from convert import cli
 from convert import opt as opt_conv
 from convert.table import expand, flax_to_torch
+from vlrm_jax.checkpoint import kinds
 from vlrm_jax.checkpoint import model_dir as md
 from vlrm_jax.models import build
 from vlrm_jax.models.blip2 import Blip2Config
@@ -34,7 +35,7 @@ def hf_config_for(kind: str, model_cfg: dict) -> dict:
         c["_remove_final_layer_norm"] = c.pop("remove_final_layer_norm")
         return HFOPTConfig(**c).to_dict()
 
-    if kind == "opt":
+    if kind == kinds.OPT:
         return opt(model_cfg)
     cfg = Blip2Config.from_dict(model_cfg)
     strip = lambda d: {k: v for k, v in d.items() if k not in ("dtype", "param_dtype")}  # noqa: E731
@@ -58,11 +59,11 @@ def export(src: str, dst: str, overwrite: bool = False) -> None:
 
     meta = md.read_config(src)
     kind = meta["kind"]
-    if kind == "blip2_opt":
+    if kind == kinds.BLIP2_OPT:
         cfg = Blip2Config.from_dict(meta["model"])
         entries = expand(blip2_conv.table(cfg), blip2_conv.layer_sets(cfg))
         from vlrm_jax.api import Captioner as Loader
-    elif kind == "opt":
+    elif kind == kinds.OPT:
         from vlrm_jax.models.opt import OPTConfig
 
         cfg = OPTConfig(**meta["model"])

@@ -7,7 +7,7 @@ _LAZY = {
     "Captioner": "vlrm_jax.api",
     "ReferenceLM": "vlrm_jax.api",
     "ItmScorer": "vlrm_jax.api",
-    "ClipModel": "vlrm_jax.api",
+    "ClipModel": "vlrm_jax.clip_api",
 }
 
 

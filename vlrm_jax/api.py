@@ -6,69 +6,21 @@ Each call runs one jitted function; shapes seen before do not recompile.
 """
 from __future__ import annotations
 
-import functools
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from vlrm_jax.checkpoint import kinds
 from vlrm_jax.checkpoint import model_dir as md
-from vlrm_jax.loading import load_module, override_precision
+from vlrm_jax.loading import JittedModule, forward, ids_and_mask, load_module, override_precision
 from vlrm_jax.models.blip2 import Blip2Captioner, Blip2Config
 from vlrm_jax.models.opt import OPTConfig, OPTForCausalLM
 
 
-class _Jitted:
-    """Holds a module split into (graphdef, state) and jits pure functions of it."""
-
-    def __init__(self, module: nnx.Module, model_dir: str | None):
-        self.module = module
-        self.model_dir = model_dir
-        self._graphdef, self._state = nnx.split(module)
-        self._tokenizer = None
-
-    def shard(self, mesh, rules=None) -> "_Jitted":
-        """Place the weights on a device mesh (see vlrm_jax.sharding); inputs sharded over the
-        mesh's `data` axis then run data-parallel. Returns self."""
-        from vlrm_jax import sharding
-
-        sharding.shard_module(self.module, mesh, rules or sharding.DEFAULT_RULES)
-        self._graphdef, self._state = nnx.split(self.module)
-        return self
-
-    def _run(self, fn, *args, **static):
-        return _call(self._graphdef, fn, self._state, *args, **static)
-
-    @property
-    def tokenizer(self):
-        if self._tokenizer is None:
-            from transformers import AutoTokenizer
-
-            if self.model_dir is None:
-                raise ValueError("this model was not loaded from a folder, so it has no tokenizer")
-            self._tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
-        return self._tokenizer
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1), static_argnames=("static",))
-def _jit_call(graphdef, fn, state, *args, static=()):
-    return fn(nnx.merge(graphdef, state), *args, **dict(static))
-
-
-def _call(graphdef, fn, state, *args, **static):
-    return _jit_call(graphdef, fn, state, *args, static=tuple(sorted(static.items())))
-
-
-def _captioner_logits(model, pixel_values, input_ids, attention_mask):
-    return model(pixel_values, input_ids, attention_mask)
-
-
-def _lm_logits(model, input_ids, attention_mask):
-    return model(input_ids, attention_mask)
-
-
-class Captioner(_Jitted):
+class Captioner(JittedModule):
     """BLIP2 (OPT) captioner."""
 
     module: Blip2Captioner
@@ -77,7 +29,7 @@ class Captioner(_Jitted):
     def load(cls, model_dir: str, dtype: str | None = None, param_dtype: str | None = None) -> "Captioner":
         """`dtype` / `param_dtype` override the ViT and OPT precision (e.g. "bfloat16");
         the Q-Former stays fp32 as in transformers."""
-        meta = md.check_kind(model_dir, "blip2_opt")
+        meta = md.check_kind(model_dir, kinds.BLIP2_OPT)
         cfg = override_precision(Blip2Config.from_dict(meta["model"]), dtype, param_dtype, ("vision", "text"))
         module = load_module(model_dir, lambda c: Blip2Captioner(c, rngs=nnx.Rngs(0)), cfg)
         return cls(module, model_dir)
@@ -88,18 +40,19 @@ class Captioner(_Jitted):
 
     def logits(self, pixel_values, input_ids, attention_mask=None) -> np.ndarray:
         """Logits (B, T, V) of the text positions, the image soft prompt placed before them."""
-        input_ids = jnp.asarray(input_ids, jnp.int32)
-        mask = jnp.ones_like(input_ids) if attention_mask is None else jnp.asarray(attention_mask, jnp.int32)
-        out = self._run(_captioner_logits, jnp.asarray(pixel_values, jnp.float32), input_ids, mask)
-        return np.asarray(out)
+        pixels = jnp.asarray(pixel_values, jnp.float32)
+        return np.asarray(self._run(forward, pixels, *ids_and_mask(input_ids, attention_mask)))
 
     def rollout(self, pixel_values, seed: int = 0, **generation_kwargs):
         """Decode with transformers' generation arguments; returns the whole `Rollout` (tokens,
         mask, per-token log-probs, finished flags, beam scores) as numpy arrays."""
         from vlrm_jax.generate import GenerationConfig
+
+        return self._rollout(pixel_values, seed, GenerationConfig(**generation_kwargs))
+
+    def _rollout(self, pixel_values, seed: int, cfg):
         from vlrm_jax.generate.search import generate_jit
 
-        cfg = GenerationConfig(**generation_kwargs)
         out = generate_jit(self._graphdef, cfg, self._state, jnp.asarray(pixel_values, jnp.float32),
                            jax.random.key(seed))
         return jax.tree.map(lambda x: None if x is None else np.asarray(x), out)
@@ -120,18 +73,12 @@ class Captioner(_Jitted):
         from vlrm_jax.data.preprocess import blip2_pixel_values
         from vlrm_jax.generate import GenerationConfig
 
-        kwargs = {**_paper_inference_kwargs(GenerationConfig), **generation_kwargs}
+        cfg = dataclasses.replace(GenerationConfig.paper_inference(), **generation_kwargs)
         pixels = blip2_pixel_values(images, size=self.config.vision.image_size)
-        return self.decode(self.generate(pixels, seed, **kwargs))
+        return self.decode(self._rollout(pixels, seed, cfg).tokens)
 
 
-def _paper_inference_kwargs(config_cls) -> dict:
-    import dataclasses
-
-    return {f.name: getattr(config_cls.paper_inference(), f.name) for f in dataclasses.fields(config_cls)}
-
-
-class ReferenceLM(_Jitted):
+class ReferenceLM(JittedModule):
     """OPT language model that scores caption text (the reward's `ref` term)."""
 
     module: OPTForCausalLM
@@ -139,8 +86,8 @@ class ReferenceLM(_Jitted):
     @classmethod
     def load(cls, model_dir: str, dtype: str | None = None, param_dtype: str | None = None) -> "ReferenceLM":
         """Accepts an `opt` folder, or a `blip2_opt` captioner folder whose language model is used."""
-        meta = md.check_kind(model_dir, "opt", "blip2_opt")
-        if meta["kind"] == "blip2_opt":
+        meta = md.check_kind(model_dir, kinds.OPT, kinds.BLIP2_OPT)
+        if meta["kind"] == kinds.BLIP2_OPT:
             captioner = Captioner.load(model_dir, dtype, param_dtype)
             return cls(captioner.module.language_model, model_dir)
         cfg = override_precision(OPTConfig(**meta["model"]), dtype, param_dtype, ("",))
@@ -148,20 +95,14 @@ class ReferenceLM(_Jitted):
         return cls(module, model_dir)
 
     def logits(self, input_ids, attention_mask=None) -> np.ndarray:
-        input_ids = jnp.asarray(input_ids, jnp.int32)
-        mask = jnp.ones_like(input_ids) if attention_mask is None else jnp.asarray(attention_mask, jnp.int32)
-        return np.asarray(self._run(_lm_logits, input_ids, mask))
-
-
-def _itm_logits(model, pixel_values, input_ids, attention_mask):
-    return model(pixel_values, input_ids, attention_mask)
+        return np.asarray(self._run(forward, *ids_and_mask(input_ids, attention_mask)))
 
 
 def _itc_similarity(model, pixel_values, input_ids, attention_mask):
     return model.itc_similarity(model.vision_model(pixel_values), input_ids, attention_mask)
 
 
-class ItmScorer(_Jitted):
+class ItmScorer(JittedModule):
     """BLIP2-ITM: the reward's `sim` term is `logits(...)[:, 1]`, the match logit before softmax.
 
     input_ids are the BERT tokenizer's ids ([CLS] text [SEP], right padding) without the image
@@ -174,27 +115,17 @@ class ItmScorer(_Jitted):
     def load(cls, model_dir: str, dtype: str | None = None, param_dtype: str | None = None) -> "ItmScorer":
         from vlrm_jax.models.itm import Blip2Itm, ItmConfig
 
-        meta = md.check_kind(model_dir, "blip2_itm")
+        meta = md.check_kind(model_dir, kinds.BLIP2_ITM)
         cfg = override_precision(ItmConfig.from_dict(meta["model"]), dtype, param_dtype, ("vision",))
         return cls(load_module(model_dir, lambda c: Blip2Itm(c, rngs=nnx.Rngs(0)), cfg), model_dir)
 
     def _inputs(self, pixel_values, input_ids, attention_mask):
-        ids = jnp.asarray(input_ids, jnp.int32)
-        mask = jnp.ones_like(ids) if attention_mask is None else jnp.asarray(attention_mask, jnp.int32)
-        return jnp.asarray(pixel_values, jnp.float32), ids, mask
+        return (jnp.asarray(pixel_values, jnp.float32), *ids_and_mask(input_ids, attention_mask))
 
     def logits(self, pixel_values, input_ids, attention_mask=None) -> np.ndarray:
         """(B, 2) image-text matching logits for image i with text i; index 1 is "match"."""
-        return np.asarray(self._run(_itm_logits, *self._inputs(pixel_values, input_ids, attention_mask)))
+        return np.asarray(self._run(forward, *self._inputs(pixel_values, input_ids, attention_mask)))
 
     def itc_similarity(self, pixel_values, input_ids, attention_mask=None) -> np.ndarray:
         """(B_images, B_texts) contrastive cosine similarities (max over query outputs)."""
         return np.asarray(self._run(_itc_similarity, *self._inputs(pixel_values, input_ids, attention_mask)))
-
-
-def __getattr__(name):
-    if name == "ClipModel":  # lives in its own module with the OpenCLIP tower
-        from vlrm_jax.clip_api import ClipModel
-
-        return ClipModel
-    raise AttributeError(name)

@@ -17,14 +17,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vlrm_jax.api import _Jitted
 from vlrm_jax.checkpoint import model_dir as md
-from vlrm_jax.loading import load_module, override_precision
+from vlrm_jax.checkpoint.kinds import OPEN_CLIP as KIND
+from vlrm_jax.checkpoint.open_clip_files import PREPROCESS_FILE
+from vlrm_jax.loading import JittedModule, load_module, override_precision
 from vlrm_jax.models import clip
-
-KIND = "open_clip"
-OPEN_CLIP_CONFIG_FILE = "open_clip_config.json"  # open_clip's own `local-dir:` layout
-PREPROCESS_FILE = "preprocess.json"
 
 
 def _encode_image(model, pixel_values):
@@ -35,7 +32,7 @@ def _encode_text(model, input_ids):
     return model.encode_text(input_ids).astype(jnp.float32)
 
 
-class ClipModel(_Jitted):
+class ClipModel(JittedModule):
     """OpenCLIP (ViT-g-14, ViT-bigG-14, ...): the RS reward's similarity and the CLIP Recall metric."""
 
     module: clip.ClipModel
@@ -73,9 +70,7 @@ class ClipModel(_Jitted):
         if self._tokenizer is None:
             import open_clip  # lazy: pulls in torch
 
-            if self.model_dir is None:
-                raise ValueError("this model was not loaded from a folder, so it has no tokenizer")
-            self._tokenizer = open_clip.get_tokenizer(f"local-dir:{self.model_dir}")
+            self._tokenizer = open_clip.get_tokenizer(f"local-dir:{self._folder('tokenizer')}")
         return self._tokenizer
 
     def tokenize(self, texts: list[str]) -> np.ndarray:
@@ -86,9 +81,7 @@ class ClipModel(_Jitted):
     def preprocess_config(self) -> dict:
         """Arguments of `vlrm_jax.data.OpenClipPreprocessor`: image_size, mean, std, resize_mode,
         interpolation, fill_color."""
-        if self.model_dir is None:
-            raise ValueError("this model was not loaded from a folder, so it has no preprocess config")
-        with open(os.path.join(self.model_dir, PREPROCESS_FILE)) as f:
+        with open(os.path.join(self._folder("preprocess config"), PREPROCESS_FILE)) as f:
             return json.load(f)
 
     def pixel_values(self, images) -> np.ndarray:
