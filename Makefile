@@ -5,7 +5,7 @@ PIP := $(VENV)/bin/pip
 # The torch build that lies on this machine's disk (open_clip needs torchvision beside it).
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install test test-gpu demo clean
+.PHONY: install test test-slow test-gpu demo clean
 
 install: $(VENV)/.installed
 
@@ -18,7 +18,11 @@ $(VENV)/.installed: setup.py
 
 test: install
 	# two workers, one test file each at a time (module fixtures build once): 5 min instead of 7 on 2 cores
-	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q -n 2 --dist loadfile -m "not gpu" tests
+	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q -n 2 --dist loadfile -m "not gpu and not slow" tests
+
+test-slow: install
+	# end-to-end trials of main.py (kill and resume, SIGTERM): minutes each, run by CI after `make test`
+	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q -n 2 -m "slow and not gpu" tests
 
 test-gpu: install
 	# torch and JAX share the card: no up-front grab of 75% of its memory by JAX

@@ -101,11 +101,17 @@ class A2CStep:
     # ------------------------------------------------------------------------------------------
     def init_state(self, seed: int) -> TrainState:
         policy, value = jax.tree.map(jnp.copy, self._initial)
-        return TrainState(
+        state = TrainState(
             step=jnp.int32(0), key=jax.random.PRNGKey(seed), policy=policy, value=value,
             policy_opt=self.tx.init(policy), value_opt=self.tx.init(value),
             skipped=jnp.int32(0), skipped_in_row=jnp.int32(0),
         )
+        if self.mesh is None:
+            return state
+        # counters, key and Adam's step count replicated on the mesh like everything else: a
+        # checkpoint restored onto this template then lands on the same devices
+        replicated = NamedSharding(self.mesh, P())
+        return jax.tree.map(lambda x: x if isinstance(x.sharding, NamedSharding) else jax.device_put(x, replicated), state)
 
     def shard_batch(self, batch: dict) -> dict:
         """Put a host batch on the mesh's data axis (or leave it for a single device)."""

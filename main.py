@@ -1,0 +1,42 @@
+"""Train a captioner with A2C: `python main.py --config=configs/tiny.py [--config.key=value ...]`.
+
+Started again with the same workdir, the run resumes from its latest complete checkpoint.
+Exit status 2: the config is wrong (the message names the key); nothing was compiled.
+"""
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "run config file (configs/*.py)", lock_config=True)
+
+
+def _parse(argv):
+    try:
+        return flags.FLAGS(argv)
+    except (flags.Error, KeyError, TypeError, ValueError, AttributeError) as e:
+        print(f"main.py: bad config: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def main(argv) -> None:
+    from vlrm_jax.rl import loop, run
+
+    logging.set_verbosity(logging.WARNING)  # orbax reports every file it writes at INFO
+    cfg = _CONFIG.value
+    if cfg is None:
+        print("main.py: --config is required", file=sys.stderr)
+        sys.exit(2)
+    try:
+        step, batch_at, loop_cfg = run.build(cfg)
+    except run.ConfigError as e:
+        print(f"main.py: bad config: {e}", file=sys.stderr)
+        sys.exit(2)
+    state = loop.train(step, batch_at, loop_cfg, cfg.seed)
+    print(f"main.py: stopped at step {int(state.step)} of {cfg.total_steps}; workdir {cfg.workdir}")
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=_parse)
