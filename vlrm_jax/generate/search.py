@@ -1,4 +1,4 @@
-"""Greedy search, sampling and beam search as `lax.while_loop`s over a state pytree.
+"""Greedy search, sampling and beam search as `lax.while_loop`s over state dataclasses (pytrees).
 
 Everything runs inside one `jax.jit` per (model, config, shapes); the KV cache lives in the loop
 state and is updated in place. Outputs have a fixed width of max_new_tokens, with the pad id after
@@ -12,12 +12,14 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
+from flax import nnx, struct
 
-from vlrm_jax.generate import processors as proc
+import vlrm_jax.generate.processors as proc
+from vlrm_jax import ops
 from vlrm_jax.generate.config import GenerationConfig
 from vlrm_jax.generate.decode import prefill, prompt_ids, prompt_length, step
 from vlrm_jax.models.blip2 import Blip2Captioner
+from vlrm_jax.models.opt import KVCache
 
 SENTINEL = -1.0e9  # transformers' "impossible" score in beam search
 
@@ -33,6 +35,40 @@ class Rollout(NamedTuple):
     logprobs: jax.Array
     finished: jax.Array
     scores: jax.Array | None = None
+
+
+@struct.dataclass
+class SampleState:
+    """The greedy / sampling loop's state: step k, the next token's logits, the KV cache, prompt
+    ids then tokens so far (history), and per row finished, log-probabilities and mask."""
+
+    k: jax.Array
+    logits: jax.Array
+    cache: KVCache
+    history: jax.Array
+    finished: jax.Array
+    logprobs: jax.Array
+    mask: jax.Array
+
+
+@struct.dataclass
+class BeamState:
+    """The beam loop's state, (batch, beams, ...) throughout: running beams with their scores and
+    per-token log-probabilities, the finished hypotheses (sequences, beam_scores, seq_logp,
+    finished), which batch rows are still open, and whether the last step stopped every beam."""
+
+    cur: jax.Array
+    logits: jax.Array
+    cache: KVCache
+    running: jax.Array
+    running_scores: jax.Array
+    running_logp: jax.Array
+    sequences: jax.Array
+    beam_scores: jax.Array
+    seq_logp: jax.Array
+    finished: jax.Array
+    open_: jax.Array
+    all_hit: jax.Array
 
 
 def _processed(cfg: GenerationConfig, scores, history, cur_len, step_index, eos: int):
@@ -55,37 +91,37 @@ def _greedy_or_sample(model: Blip2Captioner, cfg: GenerationConfig, soft_prompt,
     p = prompt_length(model)
     logits, cache = prefill(model, soft_prompt, n)
     history = jnp.concatenate([prompt_ids(model, rows), jnp.full((rows, n), pad, jnp.int32)], axis=1)
-    init = dict(
+    init = SampleState(
         k=jnp.int32(0), logits=logits, cache=cache, history=history,
         finished=jnp.zeros((rows,), bool), logprobs=jnp.zeros((rows, n), jnp.float32),
         mask=jnp.zeros((rows, n), jnp.int32),
     )
 
-    def cond(s):
-        return (s["k"] < n) & ~jnp.all(s["finished"])
+    def cond(s: SampleState):
+        return (s.k < n) & ~jnp.all(s.finished)
 
-    def body(s):
-        k = s["k"]
-        scores = _processed(cfg, s["logits"], s["history"], p + k, k, eos)
+    def body(s: SampleState) -> SampleState:
+        k = s.k
+        scores = _processed(cfg, s.logits, s.history, p + k, k, eos)
         if cfg.do_sample:
             scores = proc.top_p(proc.top_k(proc.temperature(scores, cfg.temperature), cfg.top_k), cfg.top_p)
             token = jax.random.categorical(jax.random.fold_in(key, k), scores, axis=-1)
         else:
             token = jnp.argmax(scores, axis=-1)
-        live = ~s["finished"]
+        live = ~s.finished
         token = jnp.where(live, token, pad).astype(jnp.int32)
-        logp = jnp.take_along_axis(jax.nn.log_softmax(s["logits"]), token[:, None], axis=-1)[:, 0]
-        logits, cache = step(model, s["cache"], token, p + k)
-        return dict(
+        logp = ops.token_logprob(s.logits, token)
+        logits, cache = step(model, s.cache, token, p + k)
+        return SampleState(
             k=k + 1, logits=logits, cache=cache,
-            history=s["history"].at[:, p + k].set(token),
-            finished=s["finished"] | (token == eos),
-            logprobs=s["logprobs"].at[:, k].set(jnp.where(live, logp, 0.0)),
-            mask=s["mask"].at[:, k].set(live.astype(jnp.int32)),
+            history=s.history.at[:, p + k].set(token),
+            finished=s.finished | (token == eos),
+            logprobs=s.logprobs.at[:, k].set(jnp.where(live, logp, 0.0)),
+            mask=s.mask.at[:, k].set(live.astype(jnp.int32)),
         )
 
     s = jax.lax.while_loop(cond, body, init)
-    return Rollout(s["history"][:, p:], s["mask"], s["logprobs"], s["finished"])
+    return Rollout(s.history[:, p:], s.mask, s.logprobs, s.finished)
 
 
 def _penalty_table(cfg: GenerationConfig, longest: int) -> jnp.ndarray:
@@ -117,7 +153,7 @@ def _beam_search(model: Blip2Captioner, cfg: GenerationConfig, soft_prompt):
     cache = jax.tree.map(lambda c: jnp.repeat(c, nb, axis=0), cache)
     seq = jnp.concatenate([prompt_ids(model, b * nb), jnp.full((b * nb, n), pad, jnp.int32)], axis=1)
     seq = seq.reshape(b, nb, max_length)
-    init = dict(
+    init = BeamState(
         cur=jnp.int32(p), logits=logits, cache=cache,
         running=seq, running_scores=jnp.zeros((b, nb), jnp.float32).at[:, 1:].set(SENTINEL),
         running_logp=jnp.zeros((b, nb, n), jnp.float32),
@@ -127,22 +163,22 @@ def _beam_search(model: Blip2Captioner, cfg: GenerationConfig, soft_prompt):
         all_hit=jnp.bool_(False),
     )
 
-    def cond(s):
-        open_beam = ~(jnp.all(s["finished"]) & (cfg.early_stopping is True))
-        return jnp.any(s["open_"]) & open_beam & ~s["all_hit"] & (s["cur"] < max_length)
+    def cond(s: BeamState):
+        open_beam = ~(jnp.all(s.finished) & (cfg.early_stopping is True))
+        return jnp.any(s.open_) & open_beam & ~s.all_hit & (s.cur < max_length)
 
-    def body(s):
-        cur = s["cur"]
+    def body(s: BeamState) -> BeamState:
+        cur = s.cur
         k = cur - p
-        raw = jax.nn.log_softmax(s["logits"], axis=-1)
-        logp = _processed(cfg, raw, s["running"].reshape(b * nb, -1), cur, k, eos)
+        raw = jax.nn.log_softmax(s.logits, axis=-1)
+        logp = _processed(cfg, raw, s.running.reshape(b * nb, -1), cur, k, eos)
         vocab = logp.shape[-1]
-        total = (logp.reshape(b, nb, vocab) + s["running_scores"][:, :, None]).reshape(b, nb * vocab)
+        total = (logp.reshape(b, nb, vocab) + s.running_scores[:, :, None]).reshape(b, nb * vocab)
         top_logp, top_idx = jax.lax.top_k(total, keep)
         parent, token = top_idx // vocab, (top_idx % vocab).astype(jnp.int32)
         token_raw = jnp.take_along_axis(raw.reshape(b, nb * vocab), top_idx, axis=1)
-        cand = _gather(s["running"], parent).at[:, :, cur].set(token)
-        cand_logp = _gather(s["running_logp"], parent).at[:, :, k].set(token_raw)
+        cand = _gather(s.running, parent).at[:, :, cur].set(token)
+        cand_logp = _gather(s.running_logp, parent).at[:, :, k].set(token_raw)
         hits = (token == eos) | (cur + 1 >= max_length)
 
         # the best candidates that did not stop keep running
@@ -154,20 +190,20 @@ def _beam_search(model: Blip2Captioner, cfg: GenerationConfig, soft_prompt):
         # candidates among the top num_beams that stopped compete for the finished slots
         just = hits & top_mask[None, :]
         norm = top_logp / penalty[k + 1]
-        full = jnp.all(s["finished"], axis=-1, keepdims=True) & (cfg.early_stopping is True)
+        full = jnp.all(s.finished, axis=-1, keepdims=True) & (cfg.early_stopping is True)
         norm = norm + full.astype(jnp.float32) * SENTINEL
-        norm = norm + (~s["open_"]).astype(jnp.float32) * SENTINEL
+        norm = norm + (~s.open_).astype(jnp.float32) * SENTINEL
         norm = norm + (~just).astype(jnp.float32) * SENTINEL
-        merged_scores = jnp.concatenate([s["beam_scores"], norm], axis=1)
+        merged_scores = jnp.concatenate([s.beam_scores, norm], axis=1)
         best = jax.lax.top_k(merged_scores, nb)[1]
-        sequences = _gather(jnp.concatenate([s["sequences"], cand], axis=1), best)
-        seq_logp = _gather(jnp.concatenate([s["seq_logp"], cand_logp], axis=1), best)
+        sequences = _gather(jnp.concatenate([s.sequences, cand], axis=1), best)
+        seq_logp = _gather(jnp.concatenate([s.seq_logp, cand_logp], axis=1), best)
         beam_scores = _gather(merged_scores, best)
-        finished = _gather(jnp.concatenate([s["finished"], just], axis=1), best)
+        finished = _gather(jnp.concatenate([s.finished, just], axis=1), best)
 
         # the cache follows the surviving beams, then takes their new tokens
         flat_parent = (running_parent + jnp.arange(b)[:, None] * nb).reshape(-1)
-        cache = jax.tree.map(lambda c: jnp.take(c, flat_parent, axis=0), s["cache"])
+        cache = jax.tree.map(lambda c: jnp.take(c, flat_parent, axis=0), s.cache)
         logits, cache = step(model, cache, running[:, :, cur].reshape(-1), cur)
 
         # early-stopping heuristic on the new length
@@ -175,18 +211,18 @@ def _beam_search(model: Blip2Captioner, cfg: GenerationConfig, soft_prompt):
         best_len = (max_length - p) if (cfg.early_stopping == "never" and cfg.length_penalty > 0) else cur - p
         best_running = running_scores[:, :1] / penalty[best_len]
         worst = jnp.where(finished, jnp.min(beam_scores, axis=1, keepdims=True), SENTINEL)
-        open_ = s["open_"] & jnp.any(best_running > worst, axis=-1, keepdims=True)
-        return dict(cur=cur, logits=logits, cache=cache, running=running, running_scores=running_scores,
-                    running_logp=running_logp, sequences=sequences, beam_scores=beam_scores,
-                    seq_logp=seq_logp, finished=finished, open_=open_, all_hit=jnp.all(hits))
+        open_ = s.open_ & jnp.any(best_running > worst, axis=-1, keepdims=True)
+        return BeamState(cur=cur, logits=logits, cache=cache, running=running, running_scores=running_scores,
+                         running_logp=running_logp, sequences=sequences, beam_scores=beam_scores,
+                         seq_logp=seq_logp, finished=finished, open_=open_, all_hit=jnp.all(hits))
 
     s = jax.lax.while_loop(cond, body, init)
     r = cfg.num_return_sequences
-    tokens = s["sequences"][:, :r, p:].reshape(b * r, n)
+    tokens = s.sequences[:, :r, p:].reshape(b * r, n)
     mask = _valid_mask(tokens, eos)
-    logprobs = jnp.where(mask > 0, s["seq_logp"][:, :r].reshape(b * r, n), 0.0)
+    logprobs = jnp.where(mask > 0, s.seq_logp[:, :r].reshape(b * r, n), 0.0)
     ended = jnp.any((tokens == eos) & (mask > 0), axis=1)
-    return Rollout(tokens, mask, logprobs, ended, s["beam_scores"][:, :r].reshape(b * r))
+    return Rollout(tokens, mask, logprobs, ended, s.beam_scores[:, :r].reshape(b * r))
 
 
 def _valid_mask(tokens, eos: int):
@@ -197,7 +233,8 @@ def _valid_mask(tokens, eos: int):
 
 
 def generate_from_embeds(model: Blip2Captioner, cfg: GenerationConfig, image_embeds, key=None) -> Rollout:
-    """Decode from vision states (B, N, Dv): the trainer passes a ViT trunk it already computed."""
+    """Decode from vision states (B, N, Dv), the ViT output after its final LayerNorm: a caller
+    that already ran the ViT (or a trunk shared with the ITM, then `vision_model.head`) passes them."""
     soft_prompt = model.soft_prompt(image_embeds)
     if cfg.num_beams > 1:
         return _beam_search(model, cfg, soft_prompt)
