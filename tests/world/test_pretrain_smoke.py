@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 
+from vlrm_jax.config_utils import load_config
 from vlrm_jax.world import demo, pretrain, shapes
 from vlrm_jax.world.pretrain import inputs, itm
 from vlrm_jax.world.tokenizers import build_tokenizers
@@ -15,7 +16,7 @@ COLUMNS = {"R@1", "R@5", "R@10", "MRR", "mean_rank", "length", "objects", "colou
 
 @pytest.fixture(scope="module")
 def smoke_cfg():
-    return demo.load_config(variant="smoke")
+    return load_config("shapes", "smoke")
 
 
 @pytest.fixture(scope="module")

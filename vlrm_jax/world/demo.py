@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import multiprocessing
 import re
@@ -26,9 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
+from vlrm_jax.config_utils import CONFIG_DIR, load_config
 from vlrm_jax.world import language, shapes
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "shapes.py"
+DEFAULT_CONFIG = CONFIG_DIR / "shapes.py"
 RECALL_COLUMNS = ("R@1", "R@5", "R@10", "MRR", "mean_rank")
 QUALITY_COLUMNS = ("length", "objects", "colours", "absent")  # absent: share naming absent things
 
@@ -36,15 +36,6 @@ QUALITY_COLUMNS = ("length", "objects", "colours", "absent")  # absent: share na
 # ----------------------------------------------------------------------------------------------
 # Config, world and tokenizers.
 # ----------------------------------------------------------------------------------------------
-def load_config(path: str | Path | None = None, variant: str = ""):
-    """`get_config(variant)` of an ml_collections config file."""
-    path = Path(path or DEFAULT_CONFIG)
-    spec = importlib.util.spec_from_file_location(f"_shapes_config_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(variant)
-
-
 WORLD_MARKER = "demo_world.json"  # the world config a world/ folder was written from
 
 

@@ -6,13 +6,16 @@ from __future__ import annotations
 import numpy as np
 from flax import nnx
 
+from vlrm_jax.checkpoint import kinds
 from vlrm_jax.models.blip2 import POLICY_TRAINABLE, Blip2Captioner, Blip2Config, parts_filter
 from vlrm_jax.models.itm import ItmConfig
 from vlrm_jax.models.opt import OPTConfig
 from vlrm_jax.models.qformer import QFormerConfig
+from vlrm_jax.ops import next_token_loss
+from vlrm_jax.training import step_rng
 from vlrm_jax.world import shapes
 from vlrm_jax.world.pretrain.inputs import blip2_pixels, load_tokenizer, opt_ids, tokenizer_files, vision_states
-from vlrm_jax.world.pretrain.loop import fan_in_init, next_token_loss, step_rng, train_phase
+from vlrm_jax.world.pretrain.loop import fan_in_init, train_phase
 from vlrm_jax.world.pretrain.record import StageContext, StageResult, save_stage
 from vlrm_jax.world.pretrain.reference_lm import lm_corpus
 
@@ -75,5 +78,5 @@ def train_captioner(ctx: StageContext) -> StageResult:
     parts = POLICY_TRAINABLE + (("language_model",) if scfg.train_language_model else ())
     trainable = parts_filter(parts)
     losses, seconds = train_phase(ctx, "captioner", model, loss_fn, batch_at, scfg, trainable)
-    return save_stage(ctx, "captioner", "blip2_opt", model_cfg.to_dict(), model, losses, seconds,
+    return save_stage(ctx, "captioner", kinds.BLIP2_OPT, model_cfg.to_dict(), model, losses, seconds,
                        {"trainable": list(parts)}, tokenizer_files(ctx.tokenizer_dirs["captioner"]))

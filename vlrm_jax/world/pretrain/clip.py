@@ -11,10 +11,14 @@ import numpy as np
 import optax
 from flax import nnx
 
+from vlrm_jax.checkpoint import kinds
+from vlrm_jax.checkpoint.open_clip_files import preprocess_config, write_side_files
+from vlrm_jax.ops import l2_normalize
+from vlrm_jax.training import step_rng
 from vlrm_jax.world import shapes
 from vlrm_jax.world.pretrain.encoder import clip_vision_tokens, pretrain_encoder
 from vlrm_jax.world.pretrain.inputs import clip_pixels
-from vlrm_jax.world.pretrain.loop import fan_in_init, step_rng, train_phase
+from vlrm_jax.world.pretrain.loop import fan_in_init, train_phase
 from vlrm_jax.world.pretrain.record import LOG_EVERY, StageContext, StageResult, save_stage
 
 
@@ -34,22 +38,20 @@ def clip_text_ids(tokenizer, texts: list[str]) -> np.ndarray:
 
 def infonce_loss(image_emb, text_emb, log_scale):
     """Symmetric InfoNCE over the batch; the scale is learned, capped at 100 as open_clip does."""
-    norm = lambda x: x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)  # noqa: E731
-    logits = jnp.exp(jnp.minimum(log_scale, jnp.log(100.0))) * norm(image_emb) @ norm(text_emb).T
+    logits = jnp.exp(jnp.minimum(log_scale, jnp.log(100.0))) * l2_normalize(image_emb) @ l2_normalize(text_emb).T
     labels = jnp.arange(logits.shape[0])
     ce = lambda z: optax.softmax_cross_entropy_with_integer_labels(z, labels).mean()  # noqa: E731
     return 0.5 * (ce(logits) + ce(logits.T))
 
 
 def train_clip(ctx: StageContext) -> StageResult:
-    from convert import open_clip as oc_convert
     from vlrm_jax.models.clip import ClipConfig, ClipModel
     from vlrm_jax.world.tokenizers import clip_tokenizer
 
     scfg = ctx.cfg.clip
     oc_cfg = open_clip_model_config(ctx.cfg)
     model_cfg = ClipConfig.from_open_clip(oc_cfg)
-    preprocess = oc_convert.preprocess_config(model_cfg, {})
+    preprocess = preprocess_config(model_cfg, {})
     pixels = clip_pixels(ctx.world.train.images, model_cfg.vision.image_size[0])
     tokenizer = clip_tokenizer(model_cfg.text.context_length).tokenizer
     n_templates = len(shapes.FULL_TEMPLATES)
@@ -79,6 +81,6 @@ def train_clip(ctx: StageContext) -> StageResult:
                "vision_seconds": vision_seconds, "vision_final_loss": float(np.mean(vision_losses[-LOG_EVERY:]))}
     seconds += vision_seconds
     with tempfile.TemporaryDirectory() as side:
-        files = oc_convert.write_side_files(side, oc_cfg, preprocess, "shapes-clip", "vlrm_jax.world.pretrain")
-        return save_stage(ctx, "clip", oc_convert.KIND, model_cfg.to_dict(), model, losses, seconds, metrics,
+        files = write_side_files(side, oc_cfg, preprocess, "shapes-clip", "vlrm_jax.world.pretrain")
+        return save_stage(ctx, "clip", kinds.OPEN_CLIP, model_cfg.to_dict(), model, losses, seconds, metrics,
                            [Path(f) for f in files])

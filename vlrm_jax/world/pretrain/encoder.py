@@ -10,10 +10,10 @@ import numpy as np
 import optax
 from flax import nnx
 
-from vlrm_jax.models import common
+from vlrm_jax.training import step_rng
 from vlrm_jax.world import shapes
 from vlrm_jax.world.pretrain.inputs import blip2_pixels, clip_pixels
-from vlrm_jax.world.pretrain.loop import step_rng, train_phase
+from vlrm_jax.world.pretrain.loop import train_phase
 from vlrm_jax.world.pretrain.record import StageContext
 
 CELLS = shapes.GRID ** 2
@@ -109,11 +109,4 @@ def vit_tokens(vit, pixels):
 
 def clip_vision_tokens(tower, pixels):
     """Every token of OpenCLIP's image tower after `ln_post` (its forward, before pooling)."""
-    patches = tower.conv1(pixels)
-    b, d = patches.shape[0], patches.shape[-1]
-    cls = jnp.broadcast_to(tower.class_embedding[...], (b, 1, d))
-    x = jnp.concatenate([cls, patches.reshape(b, -1, d)], axis=1) + tower.positional_embedding[...]
-    if tower.ln_pre is not None:
-        x = tower.ln_pre(x)
-    x, _ = common.scan_stack(tower.blocks, lambda layer, h, _: (layer(h, None), None), x)
-    return tower.ln_post(x)
+    return tower.ln_post(tower.trunk(pixels))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Callable
 
 import jax
 import numpy as np
@@ -79,8 +80,15 @@ def blip2_pixels(images: np.ndarray, size: int) -> np.ndarray:
     return blip2_pixel_values(list(images), size=size)
 
 
-def vision_states(vit: nnx.Module, pixels: np.ndarray, chunk: int = 250) -> np.ndarray:
+def chunked(module: nnx.Module, fn: Callable, chunk: int = 250) -> Callable:
+    """(*arrays) -> fn(module, *arrays) as numpy, run over blocks of `chunk` rows by one compiled
+    function: a frozen model over a whole split without holding its activations at once."""
+    graphdef, state = nnx.split(module)
+    run = jax.jit(lambda s, *xs: fn(nnx.merge(graphdef, s), *xs))
+    return lambda *arrays: np.concatenate([np.asarray(run(state, *(a[k:k + chunk] for a in arrays)))
+                                           for k in range(0, len(arrays[0]), chunk)])
+
+
+def vision_states(vit: nnx.Module, pixels: np.ndarray) -> np.ndarray:
     """The frozen ViT's output for every image, computed once for a whole stage."""
-    graphdef, state = nnx.split(vit)
-    run = jax.jit(lambda s, p: nnx.merge(graphdef, s)(p))
-    return np.concatenate([np.asarray(run(state, pixels[k:k + chunk])) for k in range(0, len(pixels), chunk)])
+    return chunked(vit, lambda m, p: m(p))(pixels)

@@ -10,15 +10,18 @@ import numpy as np
 import optax
 from flax import nnx
 
+from vlrm_jax.checkpoint import kinds
 from vlrm_jax.models.itm import Blip2Itm, ItmConfig
 from vlrm_jax.models.qformer import QFormerConfig
 from vlrm_jax.models.vit import VisionConfig
+from vlrm_jax.training import step_rng
 from vlrm_jax.world import shapes
 from vlrm_jax.world.language import (complete_description, corrupt, match_target, partial_description,
                                      render_description, terse_description)
 from vlrm_jax.world.pretrain.encoder import pretrain_encoder, vit_tokens
-from vlrm_jax.world.pretrain.inputs import WordPieceIds, blip2_pixels, load_tokenizer, tokenizer_files, vision_states
-from vlrm_jax.world.pretrain.loop import fan_in_init, step_rng, train_phase
+from vlrm_jax.world.pretrain.inputs import (WordPieceIds, blip2_pixels, chunked, load_tokenizer, tokenizer_files,
+                                           vision_states)
+from vlrm_jax.world.pretrain.loop import fan_in_init, train_phase
 from vlrm_jax.world.pretrain.record import LOG_EVERY, StageContext, StageResult, save_stage
 
 TEXTS_PER_IMAGE = 4  # two (correct, wrong) pairs, see itm_texts
@@ -109,7 +112,7 @@ def train_itm(ctx: StageContext) -> StageResult:
     metrics = {"vision_parsing_accuracy": parsing_accuracy, "vision_seconds": vision_seconds,
                "vision_final_loss": float(np.mean(vision_losses[-LOG_EVERY:])),
                **itm_preferences(model, ctx.world.test, encode, scfg)}
-    return save_stage(ctx, "itm", "blip2_itm", model_cfg.to_dict(), model, losses, seconds + vision_seconds,
+    return save_stage(ctx, "itm", kinds.BLIP2_ITM, model_cfg.to_dict(), model, losses, seconds + vision_seconds,
                        metrics, tokenizer_files(ctx.tokenizer_dirs["itm"]))
 
 
@@ -138,10 +141,6 @@ def itm_preferences(model: Blip2Itm, split: shapes.Split, encode: WordPieceIds, 
     return out
 
 
-def match_logit_fn(model: Blip2Itm, chunk: int = 250) -> Callable:
+def match_logit_fn(model: Blip2Itm) -> Callable:
     """(pixels, ids, mask) -> match logits (N,), one compiled function for every call."""
-    graphdef, state = nnx.split(model)
-    run = jax.jit(lambda s, p, i, m: nnx.merge(graphdef, s)(p, i, m)[:, 1])
-    return lambda pixels, ids, mask: np.concatenate([
-        np.asarray(run(state, pixels[k:k + chunk], ids[k:k + chunk], mask[k:k + chunk]))
-        for k in range(0, len(ids), chunk)])
+    return chunked(model, lambda m, p, i, k: m(p, i, k)[:, 1])

@@ -6,11 +6,14 @@ import dataclasses
 import numpy as np
 from flax import nnx
 
+from vlrm_jax.checkpoint import kinds
 from vlrm_jax.models.opt import OPTConfig, OPTForCausalLM
+from vlrm_jax.ops import next_token_loss
+from vlrm_jax.training import step_rng
 from vlrm_jax.world import shapes
 from vlrm_jax.world.language import partial_description, render_description
 from vlrm_jax.world.pretrain.inputs import load_tokenizer, opt_ids, tokenizer_files
-from vlrm_jax.world.pretrain.loop import next_token_loss, step_rng, train_phase
+from vlrm_jax.world.pretrain.loop import train_phase
 from vlrm_jax.world.pretrain.record import StageContext, StageResult, save_stage
 
 
@@ -46,5 +49,5 @@ def train_reference_lm(ctx: StageContext) -> StageResult:
         return next_token_loss(model(batch["ids"], batch["mask"]), batch["ids"], batch["mask"])
 
     losses, seconds = train_phase(ctx, "reference_lm", model, loss_fn, batch_at, scfg)
-    return save_stage(ctx, "reference_lm", "opt", dataclasses.asdict(model_cfg), model, losses, seconds,
+    return save_stage(ctx, "reference_lm", kinds.OPT, dataclasses.asdict(model_cfg), model, losses, seconds,
                        {"corpus_texts": len(ids)}, tokenizer_files(ctx.tokenizer_dirs["captioner"]))
