@@ -21,6 +21,8 @@ import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
+from tests.data.coco_mock import mock_coco  # noqa: E402, F401 - a fixture for tests/data and tests/eval
+
 
 def pytest_collection_modifyitems(config, items):
     """Tests marked `gpu` run only where both JAX and torch see a GPU (`make test-gpu`);

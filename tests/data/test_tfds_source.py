@@ -1,54 +1,12 @@
-"""TfdsSource on a mocked coco_captions (tfds.testing.mock_data; nothing is downloaded).
-
-tensorflow is imported inside the tests only (conftest has imported torchvision first).
-TFDS's random mock cannot make a valid coco_captions example (its 'objects' sequence gets
-unequal lengths and inverted boxes), so the mock's example generator is replaced by one that
-encodes valid examples with the dataset's own features; the rest (SkipDecoding, decoding,
-as_dataset) is TFDS's own code.
-"""
+"""TfdsSource on a mocked coco_captions (the `mock_coco` fixture of tests/data/coco_mock.py;
+nothing is downloaded). tensorflow is imported inside the tests only (conftest has imported
+torchvision first)."""
 import numpy as np
 import pytest
 
+from tests.data.coco_mock import N
 from tests.data.images import pattern
 from vlrm_jax.data import DecodeOptions, OpenClipPreprocessor
-
-N = 11
-
-
-def _coco_example(k: int) -> dict:
-    return {
-        "image": pattern(40 + 3 * k, 48, seed=k, noise=0),
-        "image/filename": f"COCO_val2014_{k:012d}.jpg",
-        "image/id": 1000 + k,
-        "captions": {"id": np.arange(5) + 10 * k,
-                     "text": np.array([f"caption {j} of image {1000 + k}" for j in range(5)])},
-        "objects": {"area": np.array([4]), "bbox": np.array([[0.1, 0.2, 0.5, 0.6]], np.float32),
-                    "id": np.array([k]), "is_crowd": np.array([False]), "label": np.array([k % 80])},
-    }
-
-
-def _as_arrays(encoded):
-    """TFDS encodes a Sequence as a list of 0-d arrays, which tf.data rejects for strings."""
-    if isinstance(encoded, dict):
-        return {k: _as_arrays(v) for k, v in encoded.items()}
-    if isinstance(encoded, list):
-        items = [x.item() if isinstance(x, np.ndarray) and x.ndim == 0 else x for x in encoded]
-        return np.stack([x.encode() if isinstance(x, str) else x for x in items])
-    return encoded
-
-
-@pytest.fixture
-def mock_coco(monkeypatch):
-    import tensorflow_datasets as tfds
-    from tensorflow_datasets.testing import mocking
-
-    def examples(self):
-        for k in range(self._num_examples):
-            yield _as_arrays(self._features.encode_example(_coco_example(k)))
-
-    monkeypatch.setattr(mocking.EncodedRandomFakeGenerator, "__iter__", examples)
-    with tfds.testing.mock_data(num_examples=N):
-        yield
 
 
 def _source(**kwargs):

@@ -8,7 +8,6 @@ import torch
 
 from tests import factories as F
 from tests.clip import tiny as tiny_clip
-from tests.data.test_tfds_source import mock_coco  # noqa: F401 - the fixture
 from tests.helpers import run_module
 
 
@@ -31,7 +30,7 @@ def _args(models, out, **kw):
     return argparse.Namespace(**base)
 
 
-def test_evaluate_on_mocked_coco_captions(models, tmp_path, mock_coco):  # noqa: F811
+def test_evaluate_on_mocked_coco_captions(models, tmp_path, mock_coco):
     from vlrm_jax.evaluate import run
 
     rows = run(_args(models, tmp_path))

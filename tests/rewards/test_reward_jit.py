@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from tests import stacks
 from vlrm_jax import sharding
 from vlrm_jax.rewards.reward import RewardConfig, RewardModels, vlrm_reward
 from vlrm_jax.rewards.retokenize import Retokenizer
@@ -37,28 +38,9 @@ def test_rs_term_matches_numpy_and_is_the_same_on_eight_devices():
 
 @pytest.fixture(scope="module")
 def tiny_world_models(tmp_path_factory):
-    from transformers import AutoTokenizer
-
-    from vlrm_jax.models.itm import Blip2Itm, ItmConfig
-    from vlrm_jax.models.opt import OPTConfig, OPTForCausalLM
-    from vlrm_jax.models.qformer import QFormerConfig
-    from vlrm_jax.models.vit import VisionConfig
-    from vlrm_jax.world.shapes import generate_world
-    from vlrm_jax.world.tokenizers import build_tokenizers
-
-    root = tmp_path_factory.mktemp("reward")
-    paths = build_tokenizers(generate_world(0, 30, 5, image_size=16), root)
-    cap_tok = AutoTokenizer.from_pretrained(str(paths["captioner"]))
-    itm_tok = AutoTokenizer.from_pretrained(str(paths["itm"]))
-    itm_cfg = ItmConfig(
-        vision=VisionConfig(hidden_size=24, intermediate_size=30, num_hidden_layers=2, num_attention_heads=3, image_size=16, patch_size=8),
-        qformer=QFormerConfig(hidden_size=20, intermediate_size=28, num_hidden_layers=2, num_attention_heads=5,
-                              encoder_hidden_size=24, use_qformer_text_input=True, vocab_size=len(itm_tok), max_position_embeddings=40),
-        num_query_tokens=4, image_text_hidden_size=8)
-    opt_cfg = OPTConfig(vocab_size=len(cap_tok), hidden_size=30, ffn_dim=40, num_hidden_layers=2, num_attention_heads=3,
-                        max_position_embeddings=64, word_embed_proj_dim=30)
-    itm = Blip2Itm(itm_cfg, rngs=nnx.Rngs(1))
-    ref = OPTForCausalLM(opt_cfg, rngs=nnx.Rngs(2))
+    cap_tok, itm_tok = stacks.world_tokenizers(tmp_path_factory.mktemp("reward"))
+    itm = stacks.tiny_itm(len(itm_tok), seed=1, image_size=16, patch_size=8, width=24, layers=2)
+    ref = stacks.tiny_opt(len(cap_tok), seed=2)
     return cap_tok, itm_tok, itm, ref
 
 
