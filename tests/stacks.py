@@ -28,25 +28,25 @@ def vision_config(image_size: int = 14, patch_size: int = 7, width: int = 16, la
                         image_size=image_size, patch_size=patch_size)
 
 
-def opt_config(vocab: int = VOCAB, width: int = 16, layers: int = 2):
+def opt_config(vocab: int = VOCAB, width: int = 16, layers: int = 2, max_positions: int = 40):
     from vlrm_jax.models.opt import OPTConfig
 
     return OPTConfig(vocab_size=vocab, hidden_size=width, ffn_dim=24, num_hidden_layers=layers, num_attention_heads=2,
-                     max_position_embeddings=64, word_embed_proj_dim=width)
+                     max_position_embeddings=max_positions, word_embed_proj_dim=width)
 
 
-def qformer_config(vocab: int, encoder_width: int, text_input: bool = False):
+def qformer_config(vocab: int, encoder_width: int, text_input: bool = False, max_positions: int = 20):
     from vlrm_jax.models.qformer import QFormerConfig
 
     return QFormerConfig(hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=2,
-                         encoder_hidden_size=encoder_width, vocab_size=vocab, max_position_embeddings=40,
+                         encoder_hidden_size=encoder_width, vocab_size=vocab, max_position_embeddings=max_positions,
                          use_qformer_text_input=text_input)
 
 
-def tiny_opt(vocab: int = VOCAB, seed: int = 2, std: float = 0.2):
+def tiny_opt(vocab: int = VOCAB, seed: int = 2, std: float = 0.2, max_positions: int = 40):
     from vlrm_jax.models.opt import OPTForCausalLM
 
-    return randomise(OPTForCausalLM(opt_config(vocab), rngs=nnx.Rngs(seed)), seed, std)
+    return randomise(OPTForCausalLM(opt_config(vocab, max_positions=max_positions), rngs=nnx.Rngs(seed)), seed, std)
 
 
 def tiny_captioner(vocab: int = VOCAB, seed: int = 0, std: float = 0.2, **vision):
@@ -58,14 +58,14 @@ def tiny_captioner(vocab: int = VOCAB, seed: int = 0, std: float = 0.2, **vision
     return randomise(Blip2Captioner(cfg, rngs=nnx.Rngs(seed)), seed, std)
 
 
-def tiny_itm(vocab: int = VOCAB, seed: int = 1, std: float = 0.2, trunk_of=None, **vision):
+def tiny_itm(vocab: int = VOCAB, seed: int = 1, std: float = 0.2, trunk_of=None, max_positions: int = 20, **vision):
     """BLIP2-ITM; `trunk_of` (a captioner) gives its ViT that captioner's shape and trunk values
     (all but the final LayerNorm), as the released checkpoints share them."""
     from vlrm_jax.models.itm import Blip2Itm, ItmConfig
 
     v = trunk_of.cfg.vision if trunk_of is not None else vision_config(**vision)
-    cfg = ItmConfig(vision=v, qformer=qformer_config(vocab, v.hidden_size, text_input=True), num_query_tokens=3,
-                    image_text_hidden_size=8)
+    qformer = qformer_config(vocab, v.hidden_size, text_input=True, max_positions=max_positions)
+    cfg = ItmConfig(vision=v, qformer=qformer, num_query_tokens=3, image_text_hidden_size=8)
     itm = randomise(Blip2Itm(cfg, rngs=nnx.Rngs(seed)), seed, std)
     if trunk_of is not None:
         source = dict(nnx.to_flat_state(nnx.state(trunk_of.vision_model, nnx.Param)))

@@ -39,8 +39,8 @@ def test_rs_term_matches_numpy_and_is_the_same_on_eight_devices():
 @pytest.fixture(scope="module")
 def tiny_world_models(tmp_path_factory):
     cap_tok, itm_tok = stacks.world_tokenizers(tmp_path_factory.mktemp("reward"))
-    itm = stacks.tiny_itm(len(itm_tok), seed=1, image_size=16, patch_size=8, width=24, layers=2)
-    ref = stacks.tiny_opt(len(cap_tok), seed=2)
+    itm = stacks.tiny_itm(len(itm_tok), seed=1, max_positions=40, image_size=16, patch_size=8, width=24, layers=2)
+    ref = stacks.tiny_opt(len(cap_tok), seed=2, max_positions=64)
     return cap_tok, itm_tok, itm, ref
 
 
