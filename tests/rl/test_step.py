@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 from tests import factories as F
-from tests.rl.conftest import VOCAB, tiny_captioner, tiny_itm, tiny_pixels
+from tests.stacks import VOCAB, tiny_captioner, tiny_itm, tiny_pixels
 from vlrm_jax import sharding
 from vlrm_jax.generate.config import GenerationConfig
 from vlrm_jax.models.build import flat_params
@@ -49,7 +49,7 @@ def vlrm_scorer(tmp_path_factory):
 
 def _vlrm_step(scorer, mesh, cfg=A2CConfig(micro_batches=2, learning_rate=1e-3, warmup_steps=2)):
     captioner = tiny_captioner()
-    itm = tiny_itm(captioner)
+    itm = tiny_itm(trunk_of=captioner)
     ref_lm = nnx.clone(captioner.language_model)
     return A2CStep(cfg, captioner, _value_net(captioner), scorer, ROLLOUT, itm=itm, ref_lm=ref_lm, mesh=mesh)
 
@@ -159,7 +159,7 @@ def test_frozen_weights_held_once_when_shared(vlrm_scorer):
 
     captioner = tiny_captioner()
     apart = A2CStep(A2CConfig(), captioner, _value_net(captioner), vlrm_scorer, ROLLOUT,
-                    itm=tiny_itm(captioner, share_trunk=False), ref_lm=tiny_captioner(seed=5).language_model)
+                    itm=tiny_itm(), ref_lm=tiny_captioner(seed=5).language_model)
     assert not apart.vision_shared and not apart.ref_shared and apart.frozen.ref_lm is not None
     assert "differs" in apart.vision_report.reason
     total, distinct = device_bytes(apart.frozen)

@@ -13,6 +13,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from vlrm_jax.ops import masked_mean
+
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
@@ -32,11 +34,6 @@ class RewardWeights:
 def suffix_sum(x: jax.Array) -> jax.Array:
     """out[..., k] = sum_{s >= k} x[..., s] along the last axis."""
     return jax.lax.cumsum(x, axis=x.ndim - 1, reverse=True)
-
-
-def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
-    mask = mask.astype(x.dtype)
-    return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
 def compute_returns(
