@@ -30,11 +30,12 @@ def main(argv) -> None:
         print("main.py: --config is required", file=sys.stderr)
         sys.exit(2)
     try:
-        step, batch_at, loop_cfg = run.build(cfg)
+        step, stream, loop_cfg, hooks, captioner_dir = run.build(cfg)
     except run.ConfigError as e:
         print(f"main.py: bad config: {e}", file=sys.stderr)
         sys.exit(2)
-    state = loop.train(step, batch_at, loop_cfg, cfg.seed)
+    run.save_run_config(cfg, captioner_dir)
+    state = loop.train(step, stream, loop_cfg, cfg.seed, hooks)
     print(f"main.py: stopped at step {int(state.step)} of {cfg.total_steps}; workdir {cfg.workdir}")
 
 

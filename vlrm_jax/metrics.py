@@ -1,4 +1,4 @@
-"""Scalar logging to TensorBoard event files, shared by pre-training and (later) the trainer.
+"""Scalar (and text) logging to TensorBoard event files, shared by pre-training and the trainer.
 
 tensorboardX writes the event files without importing TensorFlow, which must not load before
 torchvision in a process that also runs open_clip.
@@ -30,6 +30,11 @@ class ScalarLog:
         """Consecutive values of one tag from `first_step` on (a fetched block of train steps)."""
         for i, v in enumerate(values):
             self.scalar(tag, v, first_step + i)
+        self._writer.flush()
+
+    def text(self, tag: str, text: str, step: int) -> None:
+        """Markdown text (a table of sampled captions) shown in TensorBoard's text tab."""
+        self._writer.add_text(tag, text, global_step=int(step))
         self._writer.flush()
 
     def close(self) -> None:

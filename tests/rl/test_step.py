@@ -66,7 +66,7 @@ def test_sharded_step_equals_single_device(vlrm_scorer):
         batch = step.shard_batch({"pixels": pixels})
         history = []
         for _ in range(2):
-            state, metrics = step.step(state, step.frozen, batch)
+            state, metrics, _ = step.step(state, step.frozen, batch)
             history.append(jax.tree.map(float, metrics))
         results.append((_snapshot((state.policy, state.value)), history))
     (params1, hist1), (params8, hist8) = results
@@ -84,7 +84,7 @@ def count_setup():
     captioner = tiny_captioner()
     step = A2CStep(A2CConfig(learning_rate=1e-3), captioner, _value_net(captioner), TokenCountScorer(20, EOS), ROLLOUT)
     state = step.init_state(0)
-    exp, _ = step.experience(state, step.frozen, {"pixels": tiny_pixels(16)})
+    exp, _, _ = step.experience(state, step.frozen, {"pixels": tiny_pixels(16)})
     rng = np.random.default_rng(0)
     exp = dataclasses.replace(exp, returns=jnp.asarray(rng.normal(size=exp.returns.shape) * np.asarray(exp.mask), jnp.float32))
     return captioner, step, state, exp
@@ -134,7 +134,7 @@ def test_only_configured_parameters_move_and_frozen_weights_are_arguments(vlrm_s
     frozen_before = _snapshot(step.frozen)
     trainable_before = _snapshot((state.policy, state.value))
     text = step.step.lower(state, step.frozen, batch).as_text()
-    new, _ = step.step(state, step.frozen, batch)
+    new, _, _ = step.step(state, step.frozen, batch)
     for a, b in zip(jax.tree.leaves(frozen_before), jax.tree.leaves(_snapshot(step.frozen))):
         np.testing.assert_array_equal(a, b)  # still alive (not donated) and unchanged
     moved = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(trainable_before),
@@ -192,8 +192,9 @@ def test_each_estimator_raises_a_synthetic_reward(estimator):
     batch = step.shard_batch({"pixels": tiny_pixels(16 // cfg.samples_per_image)})
     rewards = []
     for _ in range(30):
-        state, metrics = step.step(state, step.frozen, batch)
+        state, metrics, _ = step.step(state, step.frozen, batch)
         rewards.append(float(metrics["reward/mean"]))
+    assert step.step._cache_size() == 1  # one compilation for all 30 steps
     first, last = np.mean(rewards[:5]), np.mean(rewards[-10:])
     assert last > first + 0.8, (first, last, rewards)
     assert int(state.skipped) == 0

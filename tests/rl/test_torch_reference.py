@@ -48,7 +48,7 @@ def test_gradients_equal_pytorch_reference(hf_blip2, prob, objective, micro):
     step = A2CStep(cfg, captioner, value_net, TokenCountScorer(target=7, eos_token_id=2), rollout)
     state = step.init_state(0)
     pixels = F.random_pixels(8, seed=3)
-    exp, _ = step.experience(state, step.frozen, {"pixels": pixels})
+    exp, _, _ = step.experience(state, step.frozen, {"pixels": pixels})
     mask = np.asarray(exp.mask)
     assert 0 < mask[:, -1].sum() < 8, "want both early-ending and full-length captions"
     returns = (np.random.default_rng(4).normal(size=mask.shape) * mask).astype(np.float32)

@@ -1,11 +1,12 @@
 """The training loop: a thin driver around `A2CStep.step`.
 
-Per step: the batch at the current data position (a pure function of the position, so a resumed
-run reads what an uninterrupted one would), one jitted step, metrics to `metrics.jsonl` and
-TensorBoard, and every `checkpoint_every` steps an asynchronous checkpoint of the whole state.
-Started again on the same workdir it resumes from the latest complete checkpoint and first drops
-the metric lines written after it, so the file never holds a step twice. SIGTERM (preemption)
-is honoured at the next step boundary: checkpoint, wait for it, return.
+Per step: the next batch of the data stream, one jitted step, metrics to `metrics.jsonl` and
+TensorBoard (`tb/`), every `samples_every` steps a table of sampled captions with their reward
+parts (`samples/STEP.jsonl` and TensorBoard text), every `eval_every` steps and at the end the
+evaluation hook, every `checkpoint_every` steps an asynchronous checkpoint of the whole state and
+the data position. Started again on the same workdir it resumes from the latest complete
+checkpoint and first drops the metric lines written after it, so the file never holds a step
+twice. SIGTERM (preemption) is honoured at the next step boundary: checkpoint, wait, return.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
+from vlrm_jax.metrics import ScalarLog
 from vlrm_jax.rl.checkpoint import Checkpoints
 from vlrm_jax.rl.step import A2CStep
 from vlrm_jax.rl.state import TrainState
@@ -35,7 +37,19 @@ class LoopConfig:
     log_every: int = 1
     keep_checkpoints: int = 3
     max_skips_in_row: int = 10  # this many non-finite updates in a row stop the run
+    samples_every: int = 0  # 0: no sample tables
+    num_samples: int = 8
+    eval_every: int = 0  # 0: evaluate only at the end (when an evaluator is given)
     progress: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class Hooks:
+    """What the loop calls besides the step. decode: token ids (R, T) -> caption strings;
+    evaluate: (state, step) -> {name: value} (e.g. CLIP Recall on held-out images)."""
+
+    decode: Callable | None = None
+    evaluate: Callable | None = None
 
 
 class StopRequest:
@@ -80,43 +94,80 @@ def _scalars(metrics) -> dict[str, float]:
     return {name: float(np.asarray(v)) for name, v in jax.device_get(metrics).items()}
 
 
-def train(step: A2CStep, batch_at: Callable[[int], dict], cfg: LoopConfig, seed: int) -> TrainState:
-    """Run (or resume) to `cfg.total_steps`; returns the final state. `batch_at(position)` gives
-    the host batch of data position `position` (0, 1, 2, ...)."""
+def write_samples(workdir: Path, step: int, samples, decode, n: int, tb: ScalarLog) -> list[dict]:
+    """The first n captions of the step with their reward parts: samples/STEP.jsonl and TB text."""
+    host = {name: np.asarray(v)[:n] for name, v in jax.device_get(samples).items()}
+    tokens = host.pop("tokens")
+    texts = decode(tokens) if decode is not None else [" ".join(map(str, row)) for row in tokens]
+    rows = [{"caption": texts[i], **{name: float(v[i]) for name, v in host.items()}} for i in range(len(tokens))]
+    folder = workdir / "samples"
+    folder.mkdir(exist_ok=True)
+    (folder / f"{step:08d}.jsonl").write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    names = sorted(host)
+    table = ["| caption | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    table += ["| " + r["caption"].replace("|", "/") + " | " + " | ".join(f"{r[k]:.3f}" for k in names) + " |" for r in rows]
+    tb.text("samples", "\n".join(table), step)
+    return rows
+
+
+def train(step: A2CStep, stream, cfg: LoopConfig, seed: int, hooks: Hooks = Hooks()) -> TrainState:
+    """Run (or resume) to `cfg.total_steps`; returns the final state."""
     workdir = Path(cfg.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     checkpoints = Checkpoints(workdir / "checkpoints", keep=cfg.keep_checkpoints)
     state = step.init_state(seed)
-    position = 0
+    data_state, skip_offset = None, {}
     if checkpoints.latest_step() is not None:
         state, record = checkpoints.restore(state)
-        position = record["data_position"]
+        data_state, skip_offset = record["data_state"], record.get("data_skips", {})
     metrics_file = MetricsFile(workdir / METRICS_FILE)
     metrics_file.truncate_after(int(state.step))
+    tb = ScalarLog(workdir / "tb", fresh=int(state.step) == 0)
     stop = StopRequest()
     bar = tqdm(total=cfg.total_steps, initial=int(state.step), desc="train", unit="step", disable=not cfg.progress)
+    batches = stream.batches(data_state)
+
+    def skips() -> dict[str, int]:
+        now = stream.skip_counts()
+        return {k: skip_offset.get(k, 0) + now.get(k, 0) for k in sorted(set(skip_offset) | set(now))}
+
+    def evaluate(done: int) -> None:
+        results = hooks.evaluate(state, done)
+        metrics_file.append({"step": done, **{f"eval/{k}": v for k, v in results.items()}})
+        for name, value in results.items():
+            tb.scalar(f"eval/{name}", value, done)
+
     try:
         while int(state.step) < cfg.total_steps and not stop.requested:
-            batch = step.shard_batch(batch_at(position))
-            position += 1
+            host_batch, data_state = next(batches)
+            batch = step.shard_batch(host_batch)
             start = time.perf_counter()
-            state, metrics = step.step(state, step.frozen, batch)
+            state, metrics, samples = step.step(state, step.frozen, batch)
             done = int(state.step)  # waits for the step: the time below is the step's
             seconds = time.perf_counter() - start
-            if done % cfg.log_every == 0 or done == cfg.total_steps:
-                record = {"step": done, **_scalars(metrics), "time/step_s": seconds,
-                          "time/captions_per_s": len(next(iter(batch.values()))) / seconds}
+            last = done == cfg.total_steps
+            if done % cfg.log_every == 0 or last:
+                record = {"step": done, **_scalars(metrics), "data/skipped": sum(skips().values()),
+                          "time/step_s": seconds, "time/captions_per_s": len(host_batch["pixels"]) / seconds}
                 metrics_file.append(record)
+                for name, value in record.items():
+                    if name != "step":
+                        tb.scalar(name, value, done)
                 bar.set_postfix(reward=f"{record['reward/mean']:.3f}")
+            if cfg.samples_every and (done % cfg.samples_every == 0 or last):
+                write_samples(workdir, done, samples, hooks.decode, cfg.num_samples, tb)
             bar.update(1)
             if int(state.skipped_in_row) >= cfg.max_skips_in_row:
                 raise TooManySkips(f"{int(state.skipped_in_row)} updates in a row had a non-finite loss or gradient; "
                                    f"the last good checkpoint is step {checkpoints.latest_step()}")
-            if done % cfg.checkpoint_every == 0 or done == cfg.total_steps or stop.requested:
-                checkpoints.save(done, state, {"data_position": position, "step": done})
+            if hooks.evaluate is not None and ((cfg.eval_every and done % cfg.eval_every == 0) or last):
+                evaluate(done)
+            if done % cfg.checkpoint_every == 0 or last or stop.requested:
+                checkpoints.save(done, state, {"step": done, "data_state": data_state, "data_skips": skips()})
         checkpoints.wait()
     finally:
         bar.close()
         stop.restore()
         checkpoints.close()
+        tb.close()
     return state

@@ -1,26 +1,30 @@
-"""From a run config (configs/*.py) to a validated A2C step, a batch source and the loop's settings.
+"""From a run config (configs/*.py) to the step, the data stream and the loop's hooks.
 
 Everything is checked before anything compiles: a wrong type, an impossible value or a missing
-part raises `ConfigError` naming the key (main.py exits with status 2 on it).
+folder raises `ConfigError` naming the key (main.py exits with status 2 on it). Models are read
+from converted folders (`model.source="folders"`) exactly as `Captioner.load` & co. read them;
+`model.source="random"` first writes tiny random folders into the workdir (configs/tiny.py).
 """
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+from pathlib import Path
 
 import jax
 import numpy as np
-from flax import nnx
 
 from vlrm_jax import sharding
 from vlrm_jax.generate.config import GenerationConfig
-from vlrm_jax.models.value import ValueConfig, ValueNetwork
+from vlrm_jax.models.value import ValueConfig
 from vlrm_jax.rl.config import A2CConfig
-from vlrm_jax.rl.loop import LoopConfig
-from vlrm_jax.rl.scoring import TokenCountScorer
-from vlrm_jax.rl.step import A2CStep
+from vlrm_jax.rl.loop import Hooks, LoopConfig
 
 POSITIVE = ("total_steps", "checkpoint_every", "keep_checkpoints", "log_every", "batch_size", "max_skips_in_row")
-NON_NEGATIVE = ("seed", "eval_every", "mesh_data")
+NON_NEGATIVE = ("seed", "eval_every", "mesh_data", "samples_every")
+REWARDS = ("vlrm", "vlrm_rs", "token_count")
+MODEL_SOURCES = ("folders", "random")
 
 
 class ConfigError(ValueError):
@@ -50,8 +54,24 @@ def _dataclass(cls, fields: dict, prefix: str):
         raise ConfigError(f"{prefix}.{name}" if name else prefix, str(e)) from None
 
 
+def _folder(cfg, key: str, kind: str | None = None) -> str:
+    path = cfg.model[key]
+    if not path:
+        raise ConfigError(f"model.{key}", "no folder given")
+    config = os.path.join(path, "config.json")
+    if not os.path.isfile(config):
+        raise ConfigError(f"model.{key}", f"{path!r} is not a model folder (no config.json)")
+    if kind is not None:
+        found = json.loads(Path(config).read_text()).get("kind")
+        if found != kind:
+            raise ConfigError(f"model.{key}", f"{path!r} holds a {found!r} model, expected {kind!r}")
+    return path
+
+
 def validate(cfg) -> dict:
     """The typed parts of a run config; raises ConfigError naming the first bad key."""
+    from vlrm_jax.checkpoint import kinds
+
     for key in POSITIVE:
         _int(cfg, key, 1)
     for key in NON_NEGATIVE:
@@ -68,22 +88,45 @@ def validate(cfg) -> dict:
     if rows % devices:
         raise ConfigError("batch_size", f"a micro-batch of {rows} captions does not divide over {devices} devices "
                                         "on the data axis")
-    if cfg.model.source != "random":
-        raise ConfigError("model.source", f"{cfg.model.source!r}: this entry point builds 'random' tiny models only")
-    if cfg.reward.kind != "token_count":
-        raise ConfigError("reward.kind", f"{cfg.reward.kind!r}: expected 'token_count'")
-    if cfg.data.source != "random":
-        raise ConfigError("data.source", f"{cfg.data.source!r}: expected 'random'")
+    if cfg.reward.kind not in REWARDS:
+        raise ConfigError("reward.kind", f"{cfg.reward.kind!r}: expected one of {REWARDS}")
+    if cfg.model.source not in MODEL_SOURCES:
+        raise ConfigError("model.source", f"{cfg.model.source!r}: expected one of {MODEL_SOURCES}")
+    if cfg.model.source == "folders":
+        _folder(cfg, "captioner", kinds.BLIP2_OPT)
+        if cfg.reward.kind != "token_count":
+            _folder(cfg, "itm", kinds.BLIP2_ITM)
+        if cfg.model.ref_lm:
+            _folder(cfg, "ref_lm")
+        if cfg.reward.kind == "vlrm_rs":
+            _folder(cfg, "clip", kinds.OPEN_CLIP)
+    if cfg.eval.source:
+        if not cfg.eval.clip:
+            raise ConfigError("eval.clip", "evaluation needs the OpenCLIP folder that ranks the captions")
+        if not cfg.eval.source.startswith("tfds:") and not os.path.isdir(cfg.eval.source):
+            raise ConfigError("eval.source", f"{cfg.eval.source!r} is no folder")
+    if cfg.data.source != "random" and not cfg.data.source.startswith("tfds:") and "*" not in cfg.data.source \
+            and not os.path.exists(cfg.data.source):
+        raise ConfigError("data.source", f"{cfg.data.source!r} does not exist")
     return dict(a2c=a2c, value=value, rollout=rollout, devices=devices)
 
 
-def random_captioner(m):
-    """A BLIP2 of the configured tiny sizes, every weight normal(0, init_std), norms around 1."""
+# ----------------------------------------------------------------------------------------------
+def write_random_captioner(m, folder: Path) -> str:
+    """A BLIP2 of the configured tiny sizes, every weight normal(0, init_std) and norms around 1,
+    written as a model folder (what a converter would have written)."""
+    from flax import nnx
+
+    from vlrm_jax.checkpoint import kinds
+    from vlrm_jax.checkpoint.model_dir import write_model_dir
     from vlrm_jax.models.blip2 import Blip2Captioner, Blip2Config
+    from vlrm_jax.models.build import flat_params
     from vlrm_jax.models.opt import OPTConfig
     from vlrm_jax.models.qformer import QFormerConfig
     from vlrm_jax.models.vit import VisionConfig
 
+    if (folder / "config.json").is_file():
+        return str(folder)
     w = m.width
     cfg = Blip2Config(
         vision=VisionConfig(hidden_size=w, intermediate_size=3 * w // 2, num_hidden_layers=m.vision_layers,
@@ -96,30 +139,111 @@ def random_captioner(m):
         num_query_tokens=m.num_query_tokens, image_token_index=None)
     model = Blip2Captioner(cfg, rngs=nnx.Rngs(m.seed))
     rng = np.random.default_rng(m.seed)
-    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+    params = {}
+    for path, value in flat_params(model).items():
         base = 1.0 if "scale" in path else 0.0
-        var.set_value(np.asarray(base + m.init_std * rng.normal(size=var.get_value().shape), np.float32))
-    return model
+        params[path] = np.asarray(base + m.init_std * rng.normal(size=value.shape), np.float32)
+    write_model_dir(str(folder), kinds.BLIP2_OPT, cfg.to_dict(), params)
+    return str(folder)
 
 
-def random_batches(seed: int, batch: int, size: int):
-    """batch_at(position): images as a pure function of (seed, position)."""
-    def batch_at(position: int) -> dict:
-        rng = np.random.default_rng([seed, position])
-        return {"pixels": rng.normal(size=(batch, size, size, 3)).astype(np.float32)}
+def _rules(reward):
+    from vlrm_jax.rewards.penalties import PenaltyRules
 
-    return batch_at
+    base = PenaltyRules.from_files(reward.bad_phrases or None, reward.exempt_words or None)
+    return PenaltyRules(base.bad_phrases, base.exempt_words | frozenset(reward.extra_exempt_words),
+                        base.penalise_years)
+
+
+def _scorer(cfg, rollout, captioner, clip):
+    from transformers import AutoTokenizer
+
+    from vlrm_jax.rewards.reward import RewardConfig
+    from vlrm_jax.rewards.retokenize import Retokenizer
+    from vlrm_jax.rl.scoring import TokenCountScorer, VlrmScorer
+
+    text = captioner.module.cfg.text
+    if cfg.reward.kind == "token_count":
+        return TokenCountScorer(cfg.reward.target, text.eos_token_id)
+    reward = RewardConfig.vlrm() if cfg.reward.kind == "vlrm" else RewardConfig.vlrm_rs()
+    retok = Retokenizer(captioner.tokenizer, rollout.max_new_tokens, rules=_rules(cfg.reward),
+                        itm_tokenizer=AutoTokenizer.from_pretrained(cfg.model.itm),
+                        itm_max_length=cfg.reward.itm_max_length,
+                        clip_tokenizer=clip.tokenizer if clip is not None else None,
+                        clip_context_length=clip.context_length if clip is not None else 77,
+                        eos_token_id=text.eos_token_id)
+    return VlrmScorer(reward, retok, bos_token_id=text.bos_token_id)
+
+
+def _evaluator(cfg, step, captioner_dir: str):
+    """CLIP Recall of the current policy on the held-out source, captions by the paper's beam."""
+    from vlrm_jax.api import Captioner
+    from vlrm_jax.clip_api import ClipModel
+    from vlrm_jax.eval.clip_eval import collect, recall_table
+    from vlrm_jax.evaluate import open_source
+
+    clip = ClipModel.load(cfg.eval.clip)
+
+    def evaluate(state, done: int) -> dict:
+        captioner = Captioner(step.policy_module(state), captioner_dir)
+        data = collect(open_source(cfg.eval.source), clip, captioner, batch_size=cfg.eval.batch_size,
+                       limit=cfg.eval.limit or None, progress=False)
+        return recall_table(clip, data, name="policy")["policy"]
+
+    return evaluate
+
+
+RUN_CONFIG = "run_config.json"
+
+
+def save_run_config(cfg, captioner_dir: str) -> None:
+    """The config a workdir was trained with, beside its checkpoints (export reads it)."""
+    workdir = Path(cfg.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    record = {"config": json.loads(cfg.to_json()), "captioner_dir": str(Path(captioner_dir).absolute())}
+    (workdir / RUN_CONFIG).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
 
 
 def build(cfg):
-    """(A2CStep, batch_at, LoopConfig) of a validated config."""
+    """(A2CStep, data stream, LoopConfig, Hooks) of a validated config."""
+    from flax import nnx
+
+    from vlrm_jax.api import Captioner, ItmScorer, ReferenceLM
+    from vlrm_jax.clip_api import ClipModel
+    from vlrm_jax.models.value import ValueNetwork
+    from vlrm_jax.rl.data import ImageStream, RandomStream, open_training_source
+    from vlrm_jax.rl.step import A2CStep
+
     parts = validate(cfg)
-    captioner = random_captioner(cfg.model)
-    value_net = ValueNetwork(parts["value"], captioner.cfg.text, rngs=nnx.Rngs(cfg.seed + 1))
-    scorer = TokenCountScorer(cfg.reward.target, cfg.reward.eos_token_id)
+    captioner_dir = cfg.model.captioner
+    if cfg.model.source == "random":
+        captioner_dir = write_random_captioner(cfg.model, Path(cfg.workdir) / "models" / "captioner")
+    dtype = cfg.model.dtype or None
+    captioner = Captioner.load(captioner_dir, dtype=dtype, param_dtype=dtype)
+    itm = ItmScorer.load(cfg.model.itm, dtype=dtype, param_dtype=dtype) if cfg.reward.kind != "token_count" else None
+    ref_lm = None
+    if cfg.reward.kind == "vlrm":  # "" -> the captioner's own OPT (shared, held once)
+        ref_lm = ReferenceLM.load(cfg.model.ref_lm, dtype=dtype, param_dtype=dtype) if cfg.model.ref_lm else None
+    clip = ClipModel.load(cfg.model.clip, dtype=dtype, param_dtype=dtype) if cfg.reward.kind == "vlrm_rs" else None
+    scorer = _scorer(cfg, parts["rollout"], captioner, clip)
+    text_cfg = captioner.module.cfg.text
+    value_net = ValueNetwork(parts["value"], text_cfg, rngs=nnx.Rngs(cfg.seed + 1))
     mesh = sharding.make_mesh((parts["devices"],), ("data",)) if parts["devices"] > 1 else None
-    step = A2CStep(parts["a2c"], captioner, value_net, scorer, parts["rollout"], mesh=mesh)
+    # no separate reference LM: the captioner's own OPT (A2CStep finds them equal and holds one)
+    lm = ref_lm.module if ref_lm is not None else (captioner.module.language_model if cfg.reward.kind == "vlrm" else None)
+    step = A2CStep(parts["a2c"], captioner.module, value_net, scorer, parts["rollout"],
+                   itm=itm.module if itm else None, ref_lm=lm, clip=clip.module if clip else None, mesh=mesh)
+    size = captioner.module.cfg.vision.image_size
+    if cfg.data.source == "random":
+        stream = RandomStream(cfg.seed, cfg.batch_size, size)
+    else:
+        source = open_training_source(cfg.data.source, cfg.seed, cfg.data.workers, cfg.data.min_side)
+        stream = ImageStream(source, cfg.batch_size, size, clip.preprocess_config if clip is not None else None)
     loop = LoopConfig(workdir=cfg.workdir, total_steps=cfg.total_steps, checkpoint_every=cfg.checkpoint_every,
                       log_every=cfg.log_every, keep_checkpoints=cfg.keep_checkpoints,
-                      max_skips_in_row=cfg.max_skips_in_row)
-    return step, random_batches(cfg.seed, cfg.batch_size, cfg.model.image_size), loop
+                      max_skips_in_row=cfg.max_skips_in_row, samples_every=cfg.samples_every,
+                      eval_every=cfg.eval_every)
+    has_tokenizer = os.path.isfile(os.path.join(captioner_dir, "tokenizer_config.json"))
+    hooks = Hooks(decode=captioner.decode if has_tokenizer else None,
+                  evaluate=_evaluator(cfg, step, captioner_dir) if cfg.eval.source else None)
+    return step, stream, loop, hooks, captioner_dir

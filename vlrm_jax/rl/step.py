@@ -3,8 +3,8 @@ pass -> one optimizer step, as jitted functions of (TrainState, FrozenParams, ba
 
     trainer = A2CStep(cfg, captioner, value_net, scorer, rollout_cfg, itm=..., ref_lm=..., mesh=...)
     state = trainer.init_state(seed)
-    state, metrics = trainer.step(state, trainer.frozen, batch)        # the whole step
-    exp, metrics = trainer.experience(state, trainer.frozen, batch)    # rollout and reward only
+    state, metrics, samples = trainer.step(state, trainer.frozen, batch)   # the whole step
+    exp, metrics, samples = trainer.experience(state, trainer.frozen, batch)  # rollout and reward
     state, metrics = trainer.update(state, trainer.frozen, exp)        # the update on given returns
     grads_p, grads_v, metrics = trainer.gradients(state, trainer.frozen, exp)  # before clipping
 
@@ -107,16 +107,22 @@ class A2CStep:
             skipped=jnp.int32(0), skipped_in_row=jnp.int32(0),
         )
         if self.mesh is None:
-            return state
+            # committed to the device, as the step's outputs are: an uncommitted input is another
+            # cache key, and the second step would compile the whole program again
+            return jax.device_put(state, jax.devices()[0])
         # counters, key and Adam's step count replicated on the mesh like everything else: a
         # checkpoint restored onto this template then lands on the same devices
         replicated = NamedSharding(self.mesh, P())
         return jax.tree.map(lambda x: x if isinstance(x.sharding, NamedSharding) else jax.device_put(x, replicated), state)
 
+    def policy_module(self, state: TrainState) -> Blip2Captioner:
+        """The captioner with the state's policy parameters (for evaluation and export)."""
+        return nnx.merge(self.policy_graph, state.policy, self.frozen.policy)
+
     def shard_batch(self, batch: dict) -> dict:
-        """Put a host batch on the mesh's data axis (or leave it for a single device)."""
+        """Put a host batch on the mesh's data axis (or on the one device)."""
         if self.mesh is None:
-            return {k: jnp.asarray(v) for k, v in batch.items()}
+            return {k: jax.device_put(v, jax.devices()[0]) for k, v in batch.items()}
         return {k: shd.shard_batch(v, self.mesh) for k, v in batch.items()}
 
     # ------------------------------------------------------------------------------------------
@@ -142,7 +148,8 @@ class A2CStep:
         return jax.lax.stop_gradient(states), jax.lax.stop_gradient(itm_states)
 
     def _experience(self, state: TrainState, frozen: FrozenParams, batch: dict):
-        """Rollout and reward (no gradients): an `Experience` and the reward's metrics."""
+        """Rollout and reward (no gradients): an `Experience`, the reward's metrics and per-caption
+        samples (tokens, whole reward, each reward part per caption) for the loop's tables."""
         cap = self._captioner(state.policy, frozen)
         models = self._reward_models(cap, frozen)
         states, itm_states = self._vision(cap, models, batch)
@@ -172,7 +179,11 @@ class A2CStep:
         metrics["caption/eos_rate"] = jnp.mean(rollout.finished.astype(jnp.float32))
         exp = Experience(states, jax.lax.stop_gradient(cap.soft_prompt(states)), rollout.tokens,
                          rollout.mask.astype(jnp.int32), returns, baseline)
-        return exp, metrics
+        samples = {"tokens": rollout.tokens, "reward": returns[:, 0]}
+        for name, part in out.parts.items():  # per caption: scalars as they are, token parts summed
+            if name != "mask":
+                samples[name] = part if part.ndim == 1 else jnp.sum(part, axis=1)
+        return exp, metrics, samples
 
     # ------------------------------------------------------------------------------------------
     def _micro(self, x):
@@ -305,17 +316,18 @@ class A2CStep:
         return new_state, metrics
 
     def _step(self, state: TrainState, frozen: FrozenParams, batch: dict):
-        exp, reward_metrics = self._experience(state, frozen, batch)
+        exp, reward_metrics, samples = self._experience(state, frozen, batch)
         state, update_metrics = self._update(state, frozen, exp)
-        return state, {**reward_metrics, **update_metrics}
+        return state, {**reward_metrics, **update_metrics}, samples
 
 
 def _place(module: nnx.Module, mesh, rules) -> None:
     if mesh is not None:
         shd.shard_module(module, mesh, rules)
         return
+    device = jax.devices()[0]
     for _, var in nnx.to_flat_state(nnx.state(module, nnx.Param)):
-        var.set_value(jnp.asarray(var.get_value()))
+        var.set_value(jax.device_put(var.get_value(), device))
 
 
 def _names(state) -> list[str]:

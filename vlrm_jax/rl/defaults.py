@@ -1,0 +1,35 @@
+"""The keys every run config (configs/*.py) has, with the paper's values (arXiv 2404.01911, section 4) as
+defaults; configs/vlrm.py, vlrm_rs.py, tiny.py and the shapes world's runs override what differs.
+main.py validates the whole config before anything compiles (vlrm_jax/rl/run.py)."""
+from ml_collections import ConfigDict
+
+
+def base_config() -> ConfigDict:
+    c = ConfigDict()
+    c.workdir = "runs/vlrm"
+    c.seed = 0
+    c.total_steps = 1000
+    c.checkpoint_every = 50
+    c.keep_checkpoints = 3
+    c.log_every = 1
+    c.eval_every = 250  # 0: only at the end (when eval.source is set)
+    c.samples_every = 50  # 0: no sample tables
+    c.max_skips_in_row = 10
+    c.batch_size = 4096  # the rollout batch of one update
+    c.mesh_data = 0  # devices on the data axis; 0: all
+
+    # Converted folders (python -m convert.blip2 / blip2_itm / open_clip). ref_lm "": the
+    # captioner's own OPT-2.7B, the paper's reference LM (held once). dtype of the frozen towers.
+    c.model = ConfigDict(dict(source="folders", captioner="", itm="", ref_lm="", clip="", dtype="bfloat16"))
+    c.rollout = ConfigDict(dict(max_new_tokens=60, top_k=6, temperature=2.0))
+    # bad_phrases / exempt_words "": the lists shipped in vlrm_jax/assets; extra_exempt_words adds.
+    c.reward = ConfigDict(dict(kind="vlrm", target=0, bad_phrases="", exempt_words="", extra_exempt_words=(),
+                               itm_max_length=64))
+    c.a2c = ConfigDict(dict(estimator="a2c", prob="sampled", objective="prob", micro_batches=64, learning_rate=1e-5,
+                            warmup_steps=20, clip_norm=1.0, clip_mode="joint"))
+    c.value = ConfigDict(dict(lora_rank=16, lora_alpha=32.0, head="transformer", head_layers=3, head_mlp_ratio=6))
+    # a folder, tar shards ("shards/*.tar") or "tfds:NAME/SPLIT"; min_side: smaller images are skipped
+    c.data = ConfigDict(dict(source="", workers=16, min_side=32))
+    # held-out CLIP Recall: a folder or "tfds:coco_captions/test" (Karpathy test), ranked by eval.clip
+    c.eval = ConfigDict(dict(source="", clip="", batch_size=64, limit=0))
+    return c
