@@ -42,3 +42,16 @@ def source_from_state_dict(state_dict):
 
     return TensorSource({k: (lambda t=v: to_numpy(t)) for k, v in state_dict.items()},
                         {k: tuple(v.shape) for k, v in state_dict.items()}, "memory")
+
+
+def hf_new_tokens(hf, pixels, **kw):
+    """transformers' BLIP2 `generate` from channels-last pixels: the new tokens only, padded to
+    max_new_tokens with the pad id (the project's fixed-width layout)."""
+    import numpy as np
+    import torch
+
+    with torch.no_grad():
+        out = hf.generate(pixel_values=torch.tensor(pixels).permute(0, 3, 1, 2), **kw).numpy()
+    new = out[:, hf.config.num_query_tokens + 1:]
+    n = kw["max_new_tokens"]
+    return np.pad(new, ((0, 0), (0, n - new.shape[1])), constant_values=hf.config.text_config.pad_token_id)

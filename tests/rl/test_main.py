@@ -104,7 +104,8 @@ def test_sigterm_checkpoints_and_exits_zero(tmp_path):
 
 @pytest.mark.parametrize("arg,key", [("--config.nonsense=1", "nonsense"), ("--config.total_steps=abc", "total_steps"),
                                      ("--config.batch_size=12", "batch_size"), ("--config.a2c.prob=soft", "a2c.prob"),
-                                     ("--config.rollout.top_k=0", "rollout.top_k")])
+                                     ("--config.rollout.top_k=0", "rollout.top_k"),
+                                     ("--config.model.source=folders", "model.captioner")])
 def test_bad_config_exits_2_naming_the_key(tmp_path, arg, key):
     proc = _main(tmp_path, arg, check=False)
     assert proc.returncode == 2, proc.stderr[-2000:]

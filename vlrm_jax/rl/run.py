@@ -136,7 +136,7 @@ def write_random_captioner(m, folder: Path) -> str:
                               max_position_embeddings=32),
         text=OPTConfig(vocab_size=m.vocab_size, hidden_size=w, ffn_dim=3 * w // 2, num_hidden_layers=m.opt_layers,
                        num_attention_heads=2, max_position_embeddings=64, word_embed_proj_dim=w),
-        num_query_tokens=m.num_query_tokens, image_token_index=None)
+        num_query_tokens=m.num_query_tokens, image_token_index=m.vocab_size - 1)  # as transformers lays BLIP2 input out
     model = Blip2Captioner(cfg, rngs=nnx.Rngs(m.seed))
     rng = np.random.default_rng(m.seed)
     params = {}
