@@ -1,17 +1,15 @@
 """VLRM-RS, the retrieval-specialised variant: the ITM similarity plus 0.3 x the CLIP retrieval
-term Phi over the global batch (OpenCLIP ViT-bigG-14), without the reference-LM term.
+term Phi over the global batch (OpenCLIP ViT-bigG-14), without the reference-LM term; the rest
+as configs/vlrm.py.
 
     python main.py --config=configs/vlrm_rs.py --config.model.clip=ckpt/clip-bigG [...as configs/vlrm.py]
 """
-from vlrm_jax.rl.defaults import base_config
+from vlrm_jax.config_utils import load_config
 
 
 def get_config(variant: str = ""):
-    c = base_config()
+    c = load_config("vlrm", variant)
     c.workdir = "runs/vlrm_rs"
-    c.model.captioner = "ckpt/blip2-opt-2.7b"
-    c.model.itm = "ckpt/blip2-itm-vit-g"
     c.model.clip = "ckpt/clip-bigG"
     c.reward.kind = "vlrm_rs"
-    c.eval.clip = "ckpt/clip-g"
     return c
