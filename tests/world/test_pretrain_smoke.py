@@ -11,7 +11,8 @@ from vlrm_jax.world import demo, pretrain, shapes
 from vlrm_jax.world.pretrain import inputs, itm
 from vlrm_jax.world.tokenizers import build_tokenizers
 
-COLUMNS = {"R@1", "R@5", "R@10", "MRR", "mean_rank", "length", "objects", "colours", "absent"}
+COLUMNS = {"R@1", "R@5", "R@10", "MRR", "mean_rank", "length", "objects", "colours", "absent", "grammatical",
+           "ref_logprob"}
 
 
 @pytest.fixture(scope="module")
@@ -22,17 +23,22 @@ def smoke_cfg():
 @pytest.fixture(scope="module")
 def first_run(smoke_cfg, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("shapes")
-    return workdir, demo.run(workdir, smoke_cfg, background=True)  # CLIP in a spawned process
+    # CLIP (and VLRM-RS) in a spawned process; the RL runs' smoke variants
+    return workdir, demo.run(workdir, smoke_cfg, background=True, smoke=True)
 
 
 def test_demo_writes_results_rows_and_columns(first_run):
     workdir, summary = first_run
     rows = json.loads((workdir / "results.json").read_text())
-    assert set(rows) == {"REF", "base"}
+    assert set(rows) == {"REF", "base", "VLRM", "VLRM-RS"}
     for row in rows.values():
         assert set(row) == COLUMNS and all(np.isfinite(v) for v in row.values())
     assert rows["REF"]["absent"] == 0.0 and rows["REF"]["objects"] > 0  # the full captions are right
     assert (workdir / "examples.png").stat().st_size > 0
+    assert (workdir / "plots" / "rl_training.png").stat().st_size > 0
+    for kind in ("vlrm", "vlrm_rs"):  # the RL runs went through main.py's builder and loop
+        lines = (workdir / "rl" / f"{kind}_smoke" / "metrics.jsonl").read_text().splitlines()
+        assert [json.loads(ln)["step"] for ln in lines if "eval/R@1" not in ln] == list(range(1, 11))
     assert len((workdir / "test_captions.jsonl").read_text().splitlines()) == summary["base_captions"]["total"]
     for stage in pretrain.STAGES:
         assert not summary["stages"][stage]["skipped"]
@@ -78,7 +84,7 @@ def test_clip_trains_on_what_its_folder_preprocessing_gives(first_run, smoke_cfg
 
 def test_second_run_reuses_every_stage_and_gives_the_same_results(first_run, smoke_cfg):
     workdir, summary = first_run
-    again = demo.run(workdir, smoke_cfg)
+    again = demo.run(workdir, smoke_cfg, smoke=True)
     assert all(s["skipped"] for s in again["stages"].values())
     assert again["rows"] == summary["rows"]
 

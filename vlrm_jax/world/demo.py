@@ -30,7 +30,8 @@ from vlrm_jax.world import language, shapes
 
 DEFAULT_CONFIG = CONFIG_DIR / "shapes.py"
 RECALL_COLUMNS = ("R@1", "R@5", "R@10", "MRR", "mean_rank")
-QUALITY_COLUMNS = ("length", "objects", "colours", "absent")  # absent: share naming absent things
+# absent: share naming absent things; grammatical: share parsed by language.parse
+QUALITY_COLUMNS = ("length", "objects", "colours", "absent", "grammatical")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -151,53 +152,82 @@ def salient_counts(captions: list[str], scenes, style: str = "sized") -> dict[st
 
 def quality_columns(captions: list[str], scenes) -> dict[str, float]:
     """Mean length, objects and colours stated right, share naming something absent (language.check:
-    the parse where the caption is grammatical, the word-level reading where it is not)."""
+    the parse where the caption is grammatical, the word-level reading where it is not), and the
+    share of captions that are sentences of the world's language."""
     quality = [language.check(c, s) for c, s in zip(captions, scenes)]
     return {"length": float(np.mean([len(c.split()) for c in captions])),
             "objects": float(np.mean([q.objects for q in quality])),
             "colours": float(np.mean([q.colours for q in quality])),
-            "absent": float(np.mean([q.mentions_absent for q in quality]))}
+            "absent": float(np.mean([q.mentions_absent for q in quality])),
+            "grammatical": float(np.mean([q.grammatical for q in quality]))}
 
 
-def evaluate(workdir, world: shapes.World, cfg) -> tuple[dict, list[str]]:
+def reference_logprob(ref_lm, texts: list[str]) -> float:
+    """Mean over captions of the mean token log-probability (EOS included) under the reference LM,
+    the reward's `ref` term as the evaluation captions score."""
+    tok = ref_lm.tokenizer
+    rows = [[tok.bos_token_id] + tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for t in texts]
+    width = max(map(len, rows))
+    ids = np.full((len(rows), width), tok.pad_token_id, np.int32)
+    mask = np.zeros((len(rows), width), np.int32)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)], mask[i, : len(r)] = r, 1
+    logits = ref_lm.logits(ids, mask)[:, :-1]
+    logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
+    chosen = np.take_along_axis(logp, ids[:, 1:, None], axis=-1)[..., 0] * mask[:, 1:]
+    return float(np.mean(chosen.sum(1) / mask[:, 1:].sum(1)))
+
+
+def evaluate(workdir, world: shapes.World, cfg, policies: dict[str, Path] | None = None) -> tuple[dict, dict]:
     """Captions for the test images (paper's beam search, centre crop as in the paper's CLIP
-    Recall) and the table rows REF and base. The images are read back from world/test, so the
-    numbers are those `python -m vlrm_jax.evaluate` gives on that folder."""
-    from vlrm_jax.api import Captioner
+    Recall) by the base captioner and each policy folder, and the table rows REF, base, then
+    the policies. The images are read back from world/test, so the numbers are those
+    `python -m vlrm_jax.evaluate` gives on that folder. Returns (rows, {row: captions})."""
+    from vlrm_jax.api import Captioner, ReferenceLM
     from vlrm_jax.clip_api import ClipModel
     from vlrm_jax.eval.clip_eval import collect, recall_table
     from vlrm_jax.evaluate import open_source
 
-    captioner = Captioner.load(str(workdir.model("captioner")))
     clip = ClipModel.load(str(workdir.model("clip")))
+    ref_lm = ReferenceLM.load(str(workdir.model("reference_lm")))
+    folders = {"base": workdir.model("captioner"), **(policies or {})}
     source = open_source(str(workdir.world / "test"))
-    data = collect(source, clip, captioner, batch_size=cfg.eval.caption_batch_size)
-    scenes = [world.test.scenes[int(Path(key).stem)] for key in data.keys]
-    recall = recall_table(clip, data, name="base")
-    rows = {}
-    for name, captions in (("REF", [shapes.full_caption(s) for s in scenes]), ("base", data.captions)):
-        rows[name] = {**{c: recall[name][c] for c in RECALL_COLUMNS}, **quality_columns(captions, scenes)}
-    return rows, data.captions
+    rows, captions = {}, {}
+    for name, folder in folders.items():
+        data = collect(source, clip, Captioner.load(str(folder)), batch_size=cfg.eval.caption_batch_size)
+        scenes = [world.test.scenes[int(Path(key).stem)] for key in data.keys]
+        recall = recall_table(clip, data, name=name)
+        if "REF" not in rows:
+            full = [shapes.full_caption(s) for s in scenes]
+            rows["REF"] = {**{c: recall["REF"][c] for c in RECALL_COLUMNS}, **quality_columns(full, scenes),
+                           "ref_logprob": reference_logprob(ref_lm, full)}
+        rows[name] = {**{c: recall[name][c] for c in RECALL_COLUMNS}, **quality_columns(data.captions, scenes),
+                      "ref_logprob": reference_logprob(ref_lm, data.captions)}
+        captions[name] = data.captions
+    return rows, captions
 
 
-def save_examples(path: Path, split: shapes.Split, captions: list[str], n: int) -> None:
+def save_examples(path: Path, split: shapes.Split, captions: dict[str, list[str]], n: int) -> None:
+    """The first n test images with each row's caption under them, and the full description."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    n = min(n, len(captions))
+    n = min(n, min(map(len, captions.values())))
     cols = min(4, n)
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 4.5 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, (3.2 + 1.3 * len(captions)) * rows), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for i, ax in enumerate(axes.ravel()[:n]):
         ax.imshow(split.images[i], interpolation="nearest")
-        printable = "".join(ch if ch.isprintable() else "?" for ch in captions[i])
-        base = "\n".join(textwrap.wrap(f"base: {printable}", 38))
-        ref = "\n".join(textwrap.wrap(f"REF: {split.full[i]}", 38))
-        ax.set_title(f"{base}\n{ref}", fontsize=7, loc="left")
+        lines = []
+        for name, texts in captions.items():
+            printable = "".join(ch if ch.isprintable() else "?" for ch in texts[i])
+            lines.append("\n".join(textwrap.wrap(f"{name}: {printable}", 38)))
+        lines.append("\n".join(textwrap.wrap(f"REF: {split.full[i]}", 38)))
+        ax.set_title("\n".join(lines), fontsize=7, loc="left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -213,8 +243,10 @@ def write_captions(path: Path, split: shapes.Split, captions: list[str]) -> None
 # ----------------------------------------------------------------------------------------------
 # The whole demo.
 # ----------------------------------------------------------------------------------------------
-def run(workdir: str | Path, cfg, background: bool = True) -> dict:
-    from vlrm_jax.world import pretrain
+def run(workdir: str | Path, cfg, background: bool = True, rl: bool = True, smoke: bool = False) -> dict:
+    """The whole demo; `rl=False` stops after the base row, `smoke` runs the RL runs' smoke
+    variants (configs/shapes_rl.py)."""
+    from vlrm_jax.world import pretrain, rl_runs
 
     start = time.perf_counter()
     wd = pretrain.Workdir(Path(workdir))
@@ -224,15 +256,26 @@ def run(workdir: str | Path, cfg, background: bool = True) -> dict:
     print(f"world: {len(world.train)} train / {len(world.test)} test scenes of {cfg.world.image_size} px "
           f"in {wd.world} ({time.perf_counter() - start:.1f} s)")
     stages = train_models(ctx, background)
+    rl_start = time.perf_counter()
+    policies = {}
+    if rl:
+        trained = rl_runs.train_all(wd.root, smoke, parallel=background)
+        policies = {"VLRM": trained["vlrm"], "VLRM-RS": trained["vlrm_rs"]}
+        rl_runs.plot_training(rl_runs.training_curves(wd.root, smoke), wd.root / "plots" / "rl_training.png")
+    rl_seconds = time.perf_counter() - rl_start
     eval_start = time.perf_counter()
-    rows, captions = evaluate(wd, world, cfg)
+    rows, all_captions = evaluate(wd, world, cfg, policies)
     eval_seconds = time.perf_counter() - eval_start
+    captions = all_captions["base"]
     counts = salient_counts(captions, world.test.scenes, cfg.captioner.caption_style)
     (wd.root / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
     write_captions(wd.root / "test_captions.jsonl", world.test, captions)
-    save_examples(wd.root / "examples.png", world.test, captions, cfg.eval.n_example_images)
+    for name, texts in all_captions.items():
+        if name != "base":
+            write_captions(wd.root / f"test_captions_{name.lower().replace('-', '_')}.jsonl", world.test, texts)
+    save_examples(wd.root / "examples.png", world.test, all_captions, cfg.eval.n_example_images)
     summary = {
-        "seconds": time.perf_counter() - start, "eval_seconds": eval_seconds,
+        "seconds": time.perf_counter() - start, "eval_seconds": eval_seconds, "rl_seconds": rl_seconds,
         "stages": {name: {k: v for k, v in dataclasses.asdict(r).items() if k not in ("folder",)}
                    for name, r in stages.items()},
         "base_captions": {**counts, "total": len(captions)}, "rows": rows,
@@ -248,6 +291,7 @@ def _report(summary: dict, wd) -> None:
     print("\nstage          seconds  final loss  (skipped = cached)")
     for name, s in summary["stages"].items():
         print(f"{name:14s} {s['seconds']:7.1f}  {s['final_loss']:10.4f}  {'skipped' if s['skipped'] else ''}")
+    print(f"RL runs        {summary['rl_seconds']:7.1f}")
     print(f"evaluation     {summary['eval_seconds']:7.1f}")
     print("\nCLIP Recall, text-to-image over the test images (REF: the full descriptions):")
     print(format_table(summary["rows"]))
@@ -264,9 +308,11 @@ def main(argv=None) -> int:
     p.add_argument("--workdir", default="runs/shapes")
     p.add_argument("--config", default=str(DEFAULT_CONFIG), help="ml_collections config file")
     p.add_argument("--smoke", action="store_true", help="the seconds-long variant (get_config('smoke'))")
-    p.add_argument("--serial", action="store_true", help="train CLIP in this process, after the others")
+    p.add_argument("--serial", action="store_true", help="train CLIP (and VLRM-RS) in this process, after the others")
+    p.add_argument("--no-rl", action="store_true", help="stop after the base row (no VLRM / VLRM-RS runs)")
     args = p.parse_args(argv)
-    run(args.workdir, load_config(args.config, "smoke" if args.smoke else ""), background=not args.serial)
+    run(args.workdir, load_config(args.config, "smoke" if args.smoke else ""), background=not args.serial,
+        rl=not args.no_rl, smoke=args.smoke)
     return 0
 
 
