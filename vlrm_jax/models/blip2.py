@@ -76,14 +76,14 @@ class Blip2Captioner(nnx.Module):
         )
         self.language_model = OPTForCausalLM(cfg.text, rngs=rngs)
 
-    def query_output(self, image_embeds):
+    def query_output(self, vision_states):
         """Q-Former over the learned queries, cross-attending to the image: (B, Q, Dq) fp32."""
-        queries = ops.broadcast_queries(self.query_tokens[...], image_embeds.shape[0])
-        return self.qformer(queries, image_embeds, query_length=queries.shape[1])
+        queries = ops.broadcast_queries(self.query_tokens[...], vision_states.shape[0])
+        return self.qformer(queries, vision_states, query_length=queries.shape[1])
 
-    def soft_prompt(self, image_embeds):
+    def soft_prompt(self, vision_states):
         """(B, N, Dv) vision states -> (B, Q, E) embeddings that prefix the OPT input."""
-        queries = self.query_output(image_embeds).astype(image_embeds.dtype)
+        queries = self.query_output(vision_states).astype(vision_states.dtype)
         return self.language_projection(queries)
 
     def prompt_inputs(self, soft_prompt, input_ids, attention_mask):
@@ -98,12 +98,12 @@ class Blip2Captioner(nnx.Module):
         allowed). Returns fp32 logits (B, T, V) for the text positions."""
         return self.text_logits(self.vision_model(pixel_values), input_ids, attention_mask)
 
-    def text_logits(self, image_embeds, input_ids, attention_mask=None):
+    def text_logits(self, vision_states, input_ids, attention_mask=None):
         """The same from vision-model states (B, N, D): a frozen ViT's output computed once can
         serve many text batches, and the reward models that share its trunk."""
         if attention_mask is None:
             attention_mask = jnp.ones(input_ids.shape, jnp.int32)
-        prompt = self.soft_prompt(image_embeds)
+        prompt = self.soft_prompt(vision_states)
         embeds, mask = self.prompt_inputs(prompt, input_ids, attention_mask)
         hidden, _ = self.language_model.decode(embeds, position_ids(mask), causal_mask(mask))
         return self.language_model.lm_head(hidden[:, prompt.shape[1] :])

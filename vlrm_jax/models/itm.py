@@ -61,18 +61,18 @@ class Blip2Itm(nnx.Module):
         self.text_projection = common.dense(dq, cfg.image_text_hidden_size, ("qformer_embed", None), rngs=rngs)
         self.itm_head = common.dense(dq, 2, ("qformer_embed", None), rngs=rngs)
 
-    def itm_logits(self, image_embeds, input_ids, attention_mask):
+    def itm_logits(self, vision_states, input_ids, attention_mask):
         """(B, N, Dv) vision states, (B, T) text ids and mask -> (B, 2) fp32 logits."""
         b, q = input_ids.shape[0], self.cfg.num_query_tokens
         embeds = jnp.concatenate([ops.broadcast_queries(self.query_tokens[...], b), self.embeddings(input_ids)], axis=1)
         mask = jnp.concatenate([jnp.ones((b, q), attention_mask.dtype), attention_mask], axis=1)
-        out = self.qformer(embeds, image_embeds, query_length=q, attention_mask=mask)
+        out = self.qformer(embeds, vision_states, query_length=q, attention_mask=mask)
         return self.itm_head(out[:, :q]).mean(axis=1)
 
-    def image_features(self, image_embeds):
+    def image_features(self, vision_states):
         """(B, Q, D) normalised projected query outputs (ITC image side)."""
-        queries = ops.broadcast_queries(self.query_tokens[...], image_embeds.shape[0])
-        out = self.qformer(queries, image_embeds, query_length=self.cfg.num_query_tokens)
+        queries = ops.broadcast_queries(self.query_tokens[...], vision_states.shape[0])
+        out = self.qformer(queries, vision_states, query_length=self.cfg.num_query_tokens)
         return ops.l2_normalize(self.vision_projection(out))
 
     def text_features(self, input_ids, attention_mask):
@@ -80,9 +80,9 @@ class Blip2Itm(nnx.Module):
         out = self.qformer(self.embeddings(input_ids), None, query_length=0, attention_mask=attention_mask)
         return ops.l2_normalize(self.text_projection(out[:, 0]))
 
-    def itc_similarity(self, image_embeds, input_ids, attention_mask):
+    def itc_similarity(self, vision_states, input_ids, attention_mask):
         """(B_img, B_txt): cosine similarity, max over the query outputs, as transformers gives it."""
-        sims = jnp.einsum("iqd,td->iqt", self.image_features(image_embeds), self.text_features(input_ids, attention_mask))
+        sims = jnp.einsum("iqd,td->iqt", self.image_features(vision_states), self.text_features(input_ids, attention_mask))
         return sims.max(axis=1)
 
     def __call__(self, pixel_values, input_ids, attention_mask):

@@ -57,18 +57,18 @@ def vlrm_reward(
     cfg: RewardConfig,
     retokenizer: Retokenizer,
     tokens,
-    itm_image_embeds,
+    itm_vision_states,
     clip_pixels=None,
     *,
     bos_token_id: int,
     mesh=None,
 ):
-    """tokens (B, T) generated ids (no prompt). itm_image_embeds: BLIP2-ITM vision states for the
+    """tokens (B, T) generated ids (no prompt). itm_vision_states: BLIP2-ITM vision states for the
     same images. clip_pixels: OpenCLIP-preprocessed images (only for rs_weight != 0).
     Returns a `RewardOutput`."""
     host = retokenize_sharded(retokenizer, tokens, mesh=mesh)
     mask = host["mask"]
-    sim = itm_match_logit(models.itm, itm_image_embeds, host["itm_input_ids"], host["itm_attention_mask"])
+    sim = itm_match_logit(models.itm, itm_vision_states, host["itm_input_ids"], host["itm_attention_mask"])
     phi = jnp.zeros_like(sim)
     if cfg.rs_weight != 0.0:
         if models.clip is None or clip_pixels is None:

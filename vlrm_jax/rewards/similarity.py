@@ -13,10 +13,10 @@ import jax.numpy as jnp
 from vlrm_jax import ops
 
 
-def itm_match_logit(itm, image_embeds, itm_input_ids, itm_attention_mask):
-    """(B,) match logits of image i with caption i. image_embeds: the ITM ViT's output
+def itm_match_logit(itm, vision_states, itm_input_ids, itm_attention_mask):
+    """(B,) match logits of image i with caption i. vision_states: the ITM ViT's output
     (post-LayerNorm), e.g. `itm.vision_model(pixels)` or its LayerNorm over a shared trunk."""
-    return itm.itm_logits(image_embeds, itm_input_ids, itm_attention_mask)[:, 1]
+    return itm.itm_logits(vision_states, itm_input_ids, itm_attention_mask)[:, 1]
 
 
 def retrieval_specificity(image_emb, text_emb):
