@@ -109,7 +109,8 @@ def recall_table(clip, data: EvalSet, name: str = "model") -> dict[str, dict[str
 
 def format_table(rows: dict[str, dict[str, float]]) -> str:
     cols = list(next(iter(rows.values())).keys())
-    lines = [f"{'':10s}" + "".join(f"{c:>11s}" for c in cols)]
+    widths = [max(11, len(c) + 1) for c in cols]  # a long column name keeps a space before it
+    lines = [f"{'':10s}" + "".join(f"{c:>{w}s}" for c, w in zip(cols, widths))]
     for name, row in rows.items():
-        lines.append(f"{name:10s}" + "".join(f"{row[c]:11.4f}" for c in cols))
+        lines.append(f"{name:10s}" + "".join(f"{row[c]:{w}.4f}" for c, w in zip(cols, widths)))
     return "\n".join(lines)
