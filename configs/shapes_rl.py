@@ -37,7 +37,7 @@ def get_config(variant: str = "vlrm"):
                         dtype=""))
     c.rollout.update(dict(max_new_tokens=40))
     c.reward.update(dict(kind=kind, extra_exempt_words=WORLD_REPEATS, itm_max_length=48))
-    c.a2c.update(dict(micro_batches=1, learning_rate=1e-4, warmup_steps=10))
+    c.a2c.update(dict(micro_batches=1, learning_rate=3e-4, warmup_steps=10))
     c.value.update(dict(lora_rank=4, lora_alpha=8.0, head_layers=1, head_mlp_ratio=4))
     c.data.update(dict(source=f"{root}/world/train", workers=2, min_side=8))
     c.eval.update(dict(source=f"{root}/world/test", clip=f"{root}/models/clip", batch_size=100, limit=0))
