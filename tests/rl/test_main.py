@@ -3,6 +3,7 @@ checkpoint and started again ends exactly where an uninterrupted run ends; SIGTE
 and exits 0; a bad config exits 2 naming the key before anything compiles."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -81,6 +82,13 @@ def test_killed_and_resumed_run_equals_uninterrupted(straight_run, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert len(_metrics(tmp_path)) < STEPS, "the run ended before it could be killed"
+    # a save cut short leaves orbax's temporary folder: it must never be loaded
+    done = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    partial = tmp_path / "checkpoints" / f"{done[-1] + 5}.orbax-checkpoint-tmp-1"
+    shutil.copytree(tmp_path / "checkpoints" / str(done[-1]), partial)
+    for f in list(partial.rglob("*"))[::2]:
+        if f.is_file():
+            f.write_bytes(b"")
     _main(tmp_path)
     want, got = _metrics(straight_run), _metrics(tmp_path)
     assert [m["step"] for m in got] == list(range(1, STEPS + 1))  # none twice, none missing
