@@ -1,7 +1,9 @@
 """Train a captioner with A2C: `python main.py --config=configs/tiny.py [--config.key=value ...]`.
 
 Started again with the same workdir, the run resumes from its latest complete checkpoint.
-Exit status 2: the config is wrong (the message names the key); nothing was compiled.
+Exit status 2: the config is wrong (the message names the key); nothing was compiled. Exit status
+1: the run stopped on too many non-finite updates in a row or a failed checkpoint write (the
+message names the last complete checkpoint).
 """
 from __future__ import annotations
 
@@ -35,7 +37,11 @@ def main(argv) -> None:
         print(f"main.py: bad config: {e}", file=sys.stderr)
         sys.exit(2)
     run.save_run_config(cfg, captioner_dir)
-    state = loop.train(step, stream, loop_cfg, cfg.seed, hooks)
+    try:
+        state = loop.train(step, stream, loop_cfg, cfg.seed, hooks)
+    except (loop.TooManySkips, loop.CheckpointError) as e:
+        print(f"main.py: {e}", file=sys.stderr)
+        sys.exit(1)
     print(f"main.py: stopped at step {int(state.step)} of {cfg.total_steps}; workdir {cfg.workdir}")
 
 

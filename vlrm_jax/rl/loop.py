@@ -90,6 +90,27 @@ class TooManySkips(RuntimeError):
     pass
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written (disk full, read-only, ...); the ones before it stand."""
+
+
+def _save(checkpoints: Checkpoints, step: int, state, record: dict) -> None:
+    try:
+        checkpoints.save(step, state, record)
+    except Exception as e:  # noqa: BLE001 - any failure to write is reported the same way
+        raise CheckpointError(f"could not write checkpoint {step} under {checkpoints.directory}: {e}; "
+                              f"the last complete checkpoint is step {checkpoints.latest_step()}") from e
+
+
+def _wait(checkpoints: Checkpoints) -> None:
+    """An asynchronous save's error surfaces here, never swallowed."""
+    try:
+        checkpoints.wait()
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"an asynchronous checkpoint write under {checkpoints.directory} failed: {e}; "
+                              f"the last complete checkpoint is step {checkpoints.latest_step()}") from e
+
+
 def _scalars(metrics) -> dict[str, float]:
     return {name: float(np.asarray(v)) for name, v in jax.device_get(metrics).items()}
 
@@ -163,11 +184,14 @@ def train(step: A2CStep, stream, cfg: LoopConfig, seed: int, hooks: Hooks = Hook
             if hooks.evaluate is not None and ((cfg.eval_every and done % cfg.eval_every == 0) or last):
                 evaluate(done)
             if done % cfg.checkpoint_every == 0 or last or stop.requested:
-                checkpoints.save(done, state, {"step": done, "data_state": data_state, "data_skips": skips()})
-        checkpoints.wait()
+                _save(checkpoints, done, state, {"step": done, "data_state": data_state, "data_skips": skips()})
+        _wait(checkpoints)
     finally:
         bar.close()
         stop.restore()
-        checkpoints.close()
+        try:
+            checkpoints.close()
+        except Exception:  # noqa: BLE001 - the error that ended the loop is the one to report
+            pass
         tb.close()
     return state

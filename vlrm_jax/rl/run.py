@@ -193,6 +193,19 @@ def _evaluator(cfg, step, captioner_dir: str):
     return evaluate
 
 
+def _check_vocabulary(key: str, folder: str, vocab_size: int) -> None:
+    """A folder's tokenizer must not make ids the model cannot embed (a tokenizer of another
+    model copied in): caught here, before anything compiles, with the file named."""
+    path = os.path.join(folder, "tokenizer.json")
+    if not os.path.isfile(path):
+        return
+    from transformers import AutoTokenizer
+
+    n = len(AutoTokenizer.from_pretrained(folder))
+    if n > vocab_size:
+        raise ConfigError(key, f"{path} has {n} tokens, more than the model's vocabulary of {vocab_size}")
+
+
 RUN_CONFIG = "run_config.json"
 
 
@@ -225,6 +238,9 @@ def build(cfg):
     if cfg.reward.kind == "vlrm":  # "" -> the captioner's own OPT (shared, held once)
         ref_lm = ReferenceLM.load(cfg.model.ref_lm, dtype=dtype, param_dtype=dtype) if cfg.model.ref_lm else None
     clip = ClipModel.load(cfg.model.clip, dtype=dtype, param_dtype=dtype) if cfg.reward.kind == "vlrm_rs" else None
+    _check_vocabulary("model.captioner", captioner_dir, captioner.module.cfg.text.vocab_size)
+    if itm is not None:
+        _check_vocabulary("model.itm", cfg.model.itm, itm.module.cfg.qformer.vocab_size)
     scorer = _scorer(cfg, parts["rollout"], captioner, clip)
     text_cfg = captioner.module.cfg.text
     value_net = ValueNetwork(parts["value"], text_cfg, rngs=nnx.Rngs(cfg.seed + 1))
