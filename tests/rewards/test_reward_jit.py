@@ -140,3 +140,19 @@ def test_rs_reward_with_clip_sharded_equals_single_device(tiny_world_models):
     per_caption = parts["sim"] + 0.3 * parts["phi"] - parts["noeos"]
     expected = per_caption[:, None] - np.cumsum((parts["bad"] + parts["repeat"])[:, ::-1], axis=1)[:, ::-1]
     np.testing.assert_allclose(np.asarray(r1), np.where(parts["mask"], expected, 0), atol=1e-5)
+
+
+def test_empty_and_all_padding_captions_get_a_finite_reward(tiny_world_models):
+    """A caption that is EOS at once (the empty text) or all padding without EOS still gets a
+    defined reward: ITM on the empty text, ref of what was sampled, noeos where no EOS came."""
+    cap_tok, itm_tok, itm, ref = tiny_world_models
+    retok = Retokenizer(cap_tok, max_new_tokens=6, itm_tokenizer=itm_tok, itm_max_length=24, eos_token_id=cap_tok.eos_token_id)
+    tokens = np.full((4, 6), cap_tok.pad_token_id, np.int32)
+    tokens[0, 0] = tokens[2, 0] = cap_tok.eos_token_id  # rows 0, 2: empty; rows 1, 3: padding only
+    pixels = np.random.default_rng(3).normal(size=(4, 16, 16, 3)).astype(np.float32)
+    out = vlrm_reward(RewardModels(itm=itm, ref_lm=ref), RewardConfig.vlrm(), retok, jnp.asarray(tokens),
+                      itm.vision_model(jnp.asarray(pixels)), bos_token_id=cap_tok.bos_token_id)
+    returns, parts = np.asarray(out.returns), jax.tree.map(np.asarray, out.parts)
+    assert np.isfinite(returns).all() and all(np.isfinite(v).all() for v in parts.values())
+    np.testing.assert_array_equal(parts["noeos"], [0, 1, 0, 1])
+    assert parts["mask"][0].sum() == 1 and parts["mask"][1].sum() == 6
