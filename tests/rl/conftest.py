@@ -37,3 +37,12 @@ def hf_blip2(tmp_path_factory):
     """transformers BLIP2 with a strong EOS row, so some sampled captions end early."""
     return F.save_tiny_blip2(str(tmp_path_factory.mktemp("rl_blip2")), seed=0, eos_scale=2.0)
 
+
+@pytest.fixture(scope="session")
+def straight_run(tmp_path_factory):
+    """main.py on the tiny config from start to end, uninterrupted: what every interrupted run must equal."""
+    from tests.rl.main_runs import main
+
+    workdir = tmp_path_factory.mktemp("straight")
+    main(workdir)
+    return workdir

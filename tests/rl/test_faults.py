@@ -131,3 +131,46 @@ def test_tokenizer_larger_than_the_model_fails_before_compiling(tmp_path):
     save_tiny_tokenizer(folder, vocab_size=cfg.model.vocab_size + 10)
     with pytest.raises(run.ConfigError, match=r"model.captioner: .*tokenizer.json has 50 tokens"):
         run.build(cfg)
+
+
+class SigtermAt:
+    """The stream's batches; SIGTERM arrives while batch `position` is being produced, i.e.
+    while the previous step still runs (the signal never interrupts a step)."""
+
+    def __init__(self, stream, position):
+        self.stream, self.position = stream, position
+
+    def batches(self, state):
+        import os
+        import signal
+
+        for batch, new_state in self.stream.batches(state):
+            if new_state["position"] == self.position:
+                os.kill(os.getpid(), signal.SIGTERM)
+            yield batch, new_state
+
+    def skip_counts(self):
+        return {}
+
+
+def test_sigterm_during_a_step_or_an_evaluation_checkpoints_and_returns(tiny, tmp_path):
+    import os
+    import signal
+
+    step, stream, loop_cfg, seed = tiny
+    cfg = dataclasses.replace(loop_cfg, workdir=str(tmp_path / "step"), total_steps=20, checkpoint_every=50)
+    state = loop.train(step, SigtermAt(stream, 3), cfg, seed)
+    assert int(state.step) == 3  # the step in flight finished, then the loop saved and stopped
+    assert Checkpoints(tmp_path / "step" / "checkpoints").latest_step() == 3
+
+    calls = []
+
+    def slow_evaluation(state, done):
+        calls.append(done)
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives during the evaluation
+        return {"R@1": 0.5}
+
+    cfg = dataclasses.replace(cfg, workdir=str(tmp_path / "eval"), eval_every=2)
+    state = loop.train(step, stream, cfg, seed, loop.Hooks(evaluate=slow_evaluation))
+    assert calls == [2] and int(state.step) == 2
+    assert Checkpoints(tmp_path / "eval" / "checkpoints").latest_step() == 2
