@@ -4,6 +4,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from vlrm_jax.generate.sampling import kth_largest
+
 NEG_INF = -jnp.inf
 
 
@@ -25,15 +27,17 @@ def ban_repeated_ngrams(scores, history, cur_len, n: int):
         match = match & jnp.all(windows[:, :, : n - 1] == prefix[:, None, :], axis=-1)
     match = match & (cur_len + 1 >= n)
     rows = jnp.broadcast_to(jnp.arange(scores.shape[0])[:, None], match.shape)
-    banned = jnp.zeros(scores.shape, jnp.int32).at[rows, windows[:, :, n - 1]].max(match.astype(jnp.int32))
-    return jnp.where(banned > 0, NEG_INF, scores)
+    # one scatter into the scores, in place: unmatched windows point past the vocabulary and drop
+    banned = jnp.where(match, windows[:, :, n - 1], scores.shape[-1])
+    return scores.at[rows, banned].set(NEG_INF, mode="drop")
 
 
 def suppress_eos(scores, step, min_new_tokens: int, eos_token_id: int):
     """MinNewTokensLength: EOS is impossible while fewer than min_new_tokens were generated."""
     if min_new_tokens <= 0:
         return scores
-    return jnp.where(step < min_new_tokens, scores.at[:, eos_token_id].set(NEG_INF), scores)
+    # adding 0 or -inf to one column updates it in place; a select would copy the whole scores
+    return scores.at[:, eos_token_id].add(jnp.where(step < min_new_tokens, NEG_INF, 0.0))
 
 
 def temperature(scores, t: float):
@@ -44,8 +48,7 @@ def top_k(scores, k: int | None):
     """Keep the k best (ties with the k-th kept, as transformers does)."""
     if k is None or k >= scores.shape[-1]:
         return scores
-    kth = jax.lax.top_k(scores, k)[0][..., -1:]
-    return jnp.where(scores < kth, NEG_INF, scores)
+    return jnp.where(scores < kth_largest(scores, k), NEG_INF, scores)
 
 
 def top_p(scores, p: float):

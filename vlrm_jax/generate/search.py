@@ -16,8 +16,9 @@ from flax import nnx, struct
 
 import vlrm_jax.generate.processors as proc
 from vlrm_jax import ops
+from vlrm_jax.generate import sampling
 from vlrm_jax.generate.config import GenerationConfig
-from vlrm_jax.generate.decode import prefill, prompt_ids, prompt_length, step
+from vlrm_jax.generate.decode import prefill, prompt_ids, prompt_length, step, unrolled_layers
 from vlrm_jax.models.blip2 import Blip2Captioner
 from vlrm_jax.models.opt import KVCache
 
@@ -89,7 +90,8 @@ def _greedy_or_sample(model: Blip2Captioner, cfg: GenerationConfig, soft_prompt,
         soft_prompt = jnp.repeat(soft_prompt, cfg.num_return_sequences, axis=0)
     rows = soft_prompt.shape[0]
     p = prompt_length(model)
-    logits, cache = prefill(model, soft_prompt, n)
+    layers = unrolled_layers(model)
+    logits, cache = prefill(model, soft_prompt, n, layers)
     history = jnp.concatenate([prompt_ids(model, rows), jnp.full((rows, n), pad, jnp.int32)], axis=1)
     init = SampleState(
         k=jnp.int32(0), logits=logits, cache=cache, history=history,
@@ -105,13 +107,13 @@ def _greedy_or_sample(model: Blip2Captioner, cfg: GenerationConfig, soft_prompt,
         scores = _processed(cfg, s.logits, s.history, p + k, k, eos)
         if cfg.do_sample:
             scores = proc.top_p(proc.top_k(proc.temperature(scores, cfg.temperature), cfg.top_k), cfg.top_p)
-            token = jax.random.categorical(jax.random.fold_in(key, k), scores, axis=-1)
+            token = sampling.categorical(jax.random.fold_in(key, k), scores)
         else:
             token = jnp.argmax(scores, axis=-1)
         live = ~s.finished
         token = jnp.where(live, token, pad).astype(jnp.int32)
         logp = ops.token_logprob(s.logits, token)
-        logits, cache = step(model, s.cache, token, p + k)
+        logits, cache = step(model, s.cache, token, p + k, layers)
         return SampleState(
             k=k + 1, logits=logits, cache=cache,
             history=s.history.at[:, p + k].set(token),
@@ -148,7 +150,8 @@ def _beam_search(model: Blip2Captioner, cfg: GenerationConfig, soft_prompt):
     penalty = _penalty_table(cfg, n)
     top_mask = jnp.arange(keep) < nb
 
-    logits, cache = prefill(model, soft_prompt, n)
+    layers = unrolled_layers(model)
+    logits, cache = prefill(model, soft_prompt, n, layers)
     logits = jnp.repeat(logits, nb, axis=0)  # every beam starts from the same prompt
     cache = jax.tree.map(lambda c: jnp.repeat(c, nb, axis=0), cache)
     seq = jnp.concatenate([prompt_ids(model, b * nb), jnp.full((b * nb, n), pad, jnp.int32)], axis=1)
@@ -204,7 +207,7 @@ def _beam_search(model: Blip2Captioner, cfg: GenerationConfig, soft_prompt):
         # the cache follows the surviving beams, then takes their new tokens
         flat_parent = (running_parent + jnp.arange(b)[:, None] * nb).reshape(-1)
         cache = jax.tree.map(lambda c: jnp.take(c, flat_parent, axis=0), s.cache)
-        logits, cache = step(model, cache, running[:, :, cur].reshape(-1), cur)
+        logits, cache = step(model, cache, running[:, :, cur].reshape(-1), cur, layers)
 
         # early-stopping heuristic on the new length
         cur = cur + 1

@@ -167,11 +167,13 @@ class OPTForCausalLM(nnx.Module):
         return self.embed_tokens(input_ids)
 
     def decode(self, embeds, positions, mask, cache: KVCache | None = None, cache_index=None,
-               lora: LoRAWeights | None = None, remat: bool = False):
+               lora: LoRAWeights | None = None, remat: bool = False, layers: list | None = None):
         """embeds (B, T, E); positions (B, T) from `position_ids`; mask (B, 1, T, S) bool.
         Without a cache S = T; with one, S = cache length and the new keys/values are written at
         `cache_index`. `lora` (full forward only) adds adapters with a leading layers axis;
         `remat` recomputes each layer in the backward pass instead of storing its activations.
+        `layers` (cached decoding only): `common.unstack(self.layers)` taken once by a decode loop
+        outside its loop body; sliced inside it, every step would copy every layer's weights.
         Returns (hidden (B, T, E), updated cache or None)."""
         x = self.project_in(embeds) if self.project_in is not None else embeds
         x = x + self.embed_positions(positions + POSITION_OFFSET)
@@ -189,7 +191,7 @@ class OPTForCausalLM(nnx.Module):
             if lora is not None:
                 raise ValueError("LoRA adapters apply to the full forward only, not to cached decoding")
             ks, vs = [], []
-            for layer, k, v in zip(common.unstack(self.layers), cache.k, cache.v):
+            for layer, k, v in zip(layers or common.unstack(self.layers), cache.k, cache.v):
                 x, (k, v) = layer(x, mask, (k, v), cache_index)
                 ks.append(k)
                 vs.append(v)
