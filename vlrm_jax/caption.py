@@ -4,7 +4,9 @@
 
 Defaults are the paper's inference settings (beam 5, no_repeat_ngram_size 2, 4 to 60 new tokens).
 One JSON line per readable image: {"file", "caption", "token_ids"}. Unreadable images are
-reported, counted by reason and skipped; the run never stops on one. Batches have a fixed size
+reported, counted by reason and skipped; the run never stops on one. Every image that decodes is
+captioned, however small, unless `--min-size N` asks to skip those whose shorter side is under
+N pixels (the training data's bar is 32). Batches have a fixed size
 (the last one is padded), so one compilation serves the whole folder.
 """
 from __future__ import annotations
@@ -42,18 +44,20 @@ def _batches(paths: list[str], size: int) -> Iterator[list[str]]:
 
 
 def caption_files(captioner, paths: list[str], out_path: str, batch_size: int, generation: dict,
-                  center_crop: bool = False, workers: int = 4, progress: bool = True):
-    """Writes the JSON lines; returns the SkipCounter."""
-    from vlrm_jax.data.decode import SkipCounter, decode_image
+                  center_crop: bool = False, workers: int = 4, progress: bool = True, min_size: int = 1):
+    """Writes the JSON lines; returns the SkipCounter. Images whose shorter side is under
+    `min_size` pixels are skipped as too_small (1: none is)."""
+    from vlrm_jax.data.decode import DecodeOptions, SkipCounter, decode_image
     from vlrm_jax.data.preprocess import Blip2Preprocessor
 
     prep = Blip2Preprocessor(captioner.config.vision.image_size, center_crop=center_crop)
     skips = SkipCounter("images")
+    options = DecodeOptions(min_side=min_size)
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     with open(out_path, "w") as out, ThreadPoolExecutor(workers) as pool, \
             tqdm(total=len(paths), unit="img", desc="caption", disable=not progress) as bar:
         for chunk in _batches(paths, batch_size):
-            decoded = list(pool.map(decode_image, chunk))
+            decoded = list(pool.map(lambda path: decode_image(path, options), chunk))
             good = []
             for path, d in zip(chunk, decoded):
                 if d.ok:
@@ -90,6 +94,8 @@ def main(argv=None) -> int:
     p.add_argument("--center-crop", action="store_true", help="shortest-side resize + centre crop before 224x224")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"], help="compute dtype of ViT and OPT")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--min-size", type=int, default=1, metavar="N",
+                   help="skip images whose shorter side is under N pixels (default 1: caption every image that decodes)")
     p.add_argument("--quiet", action="store_true")
     for name, kind in [("max_new_tokens", int), ("min_new_tokens", int), ("num_beams", int), ("no_repeat_ngram_size", int),
                        ("length_penalty", float), ("num_return_sequences", int), ("temperature", float), ("top_k", int),
@@ -97,6 +103,8 @@ def main(argv=None) -> int:
         p.add_argument("--" + name.replace("_", "-"), type=kind, default=getattr(paper, name))
     p.add_argument("--do-sample", action="store_true")
     args = p.parse_args(argv)
+    if args.min_size < 1:
+        p.error("--min-size must be >= 1")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         paths = list_images(args.images)
@@ -110,8 +118,10 @@ def main(argv=None) -> int:
                       no_repeat_ngram_size=args.no_repeat_ngram_size, length_penalty=args.length_penalty,
                       num_return_sequences=args.num_return_sequences, do_sample=args.do_sample,
                       temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
-    skips = caption_files(captioner, paths, args.out, args.batch_size, generation, args.center_crop, progress=not args.quiet)
-    print(f"captioned {skips.seen - skips.total} of {len(paths)} images -> {args.out}; {skips.summary()}")
+    skips = caption_files(captioner, paths, args.out, args.batch_size, generation, args.center_crop,
+                          progress=not args.quiet, min_size=args.min_size)
+    bar = f"minimum size {args.min_size} px (--min-size)" if args.min_size > 1 else "no minimum size"
+    print(f"captioned {skips.seen - skips.total} of {len(paths)} images -> {args.out}; {skips.summary()}; {bar}")
     return 0
 
 

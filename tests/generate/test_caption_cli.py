@@ -2,15 +2,28 @@
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from tests import factories as F
 from tests.helpers import run_module
 
 
-def test_caption_cli_skips_broken_files_and_captions_the_rest(tmp_path):
-    F.save_tiny_blip2(str(tmp_path / "hf"), seed=2, eos_scale=2.0)
-    run_module("convert.blip2", "--src", str(tmp_path / "hf"), "--dst", str(tmp_path / "model"), "--quiet")
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    root = tmp_path_factory.mktemp("caption_cli")
+    F.save_tiny_blip2(str(root / "hf"), seed=2, eos_scale=2.0)
+    run_module("convert.blip2", "--src", str(root / "hf"), "--dst", str(root / "model"), "--quiet")
+    return str(root / "model")
+
+
+def _caption(model, images, out, *flags):
+    return run_module("vlrm_jax.caption", "--model", model, "--images", str(images), "--out", str(out),
+                      "--batch-size", "4", "--max-new-tokens", "6", "--min-new-tokens", "2", "--num-beams", "2",
+                      "--quiet", *flags)
+
+
+def test_caption_cli_skips_broken_files_and_captions_the_rest(tmp_path, model):
     images = tmp_path / "images"
     (images / "sub").mkdir(parents=True)
     rng = np.random.default_rng(0)
@@ -22,19 +35,17 @@ def test_caption_cli_skips_broken_files_and_captions_the_rest(tmp_path):
     full = (images / "a.jpg").read_bytes()
     (images / "truncated.jpg").write_bytes(full[: len(full) // 3])
     out = tmp_path / "captions.jsonl"
-    proc = run_module("vlrm_jax.caption", "--model", str(tmp_path / "model"), "--images", str(images),
-                      "--out", str(out), "--batch-size", "4", "--max-new-tokens", "6", "--min-new-tokens", "2",
-                      "--num-beams", "2", "--quiet")
+    proc = _caption(model, images, out)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert sorted(r["file"].split("images/")[1] for r in rows) == sorted(good)
     assert all(isinstance(r["caption"], str) and 2 <= len(r["token_ids"]) <= 6 for r in rows)
     assert "captioned 5 of 8 images" in proc.stdout
-    assert "skipped 3 of 8" in proc.stdout and "empty=1" in proc.stdout
+    assert "skipped 3 of 8" in proc.stdout and "empty=1" in proc.stdout and "no minimum size" in proc.stdout
     # the CLI's tokens are the library's tokens for the same preprocessed images
     from vlrm_jax import Captioner
     from vlrm_jax.data.preprocess import blip2_pixel_values
 
-    cap = Captioner.load(str(tmp_path / "model"))
+    cap = Captioner.load(model)
     first = sorted(rows, key=lambda r: r["file"])[0]
     ids = cap.generate(blip2_pixel_values([Image.open(first["file"]).convert("RGB")], size=28),
                        max_new_tokens=6, min_new_tokens=2, num_beams=2, no_repeat_ngram_size=2)[0]
@@ -45,3 +56,24 @@ def test_caption_cli_names_a_missing_folder(tmp_path):
     proc = run_module("vlrm_jax.caption", "--model", str(tmp_path), "--images", str(tmp_path / "nope"),
                       "--out", str(tmp_path / "o.jsonl"), check=False)
     assert proc.returncode == 2 and "nope" in proc.stderr
+
+
+def test_caption_cli_captions_tiny_images_unless_a_minimum_size_is_asked(tmp_path, model):
+    images = tmp_path / "small"
+    images.mkdir()
+    rng = np.random.default_rng(1)
+    sizes = {"dot.png": (1, 1), "icon.png": (8, 5), "thumb.jpg": (20, 40), "photo.jpg": (50, 70)}
+    for name, (w, h) in sizes.items():
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(images / name)
+    out = tmp_path / "all.jsonl"
+    proc = _caption(model, images, out)
+    assert sorted(json.loads(line)["file"].split("small/")[1] for line in out.read_text().splitlines()) == sorted(sizes)
+    assert "captioned 4 of 4 images" in proc.stdout and "skipped 0 of 4" in proc.stdout
+    proc = _caption(model, images, tmp_path / "big.jsonl", "--min-size", "20")
+    kept = [json.loads(line)["file"] for line in (tmp_path / "big.jsonl").read_text().splitlines()]
+    assert sorted(p.split("small/")[1] for p in kept) == ["photo.jpg", "thumb.jpg"]
+    assert "captioned 2 of 4 images" in proc.stdout and "too_small=2" in proc.stdout
+    assert "minimum size 20 px (--min-size)" in proc.stdout
+    bad = run_module("vlrm_jax.caption", "--model", model, "--images", str(images), "--out", str(out),
+                     "--min-size", "0", check=False)
+    assert bad.returncode == 2 and "--min-size" in bad.stderr
