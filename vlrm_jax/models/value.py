@@ -117,7 +117,3 @@ class ValueNetwork(nnx.Module):
         mask = causal_mask(attention_mask)
         hidden, _ = lm.decode(embeds, position_ids(attention_mask), mask, lora=self.lora.weights(), remat=remat)
         return self.head(hidden, mask)
-
-
-def count_params(module: nnx.Module) -> int:
-    return sum(int(v.size) for v in jax.tree.leaves(nnx.state(module, nnx.Param)))

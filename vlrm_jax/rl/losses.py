@@ -17,6 +17,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from vlrm_jax.generate.sampling import kth_largest
+
 NEG_INF = -jnp.inf
 
 
@@ -68,7 +70,7 @@ def _chunk_stats(logits, tokens, prob: str, temperature: float, top_k: int | Non
     scores = logits if prob == "raw" else logits / temperature
     chosen = jnp.take_along_axis(scores, tokens[..., None], axis=-1)
     if prob == "sampled" and top_k is not None and top_k < scores.shape[-1]:
-        kth = jax.lax.top_k(scores, top_k)[0][..., -1:]
+        kth = kth_largest(scores, top_k)
         # the sampled token always stays in the support: a cached-vs-full rounding difference at
         # the k-th boundary must not turn its probability into 0 (and its gradient into NaN)
         kth = jnp.minimum(kth, chosen)

@@ -34,7 +34,7 @@ from vlrm_jax.rewards.reward import RewardModels
 from vlrm_jax.rl import losses, optim
 from vlrm_jax.rl.config import A2CConfig
 from vlrm_jax.rl.state import Experience, FrozenParams, TrainState
-from vlrm_jax.rl.trainable import path_name, split_trainable
+from vlrm_jax.rl.trainable import split_trainable, trainable_names
 
 
 def caption_inputs(captioner: Blip2Captioner, soft_prompt, tokens, mask):
@@ -77,7 +77,7 @@ class A2CStep:
         self.policy_graph, policy, policy_frozen = split_trainable(captioner, cfg.policy_trainable, "policy")
         self.value_graph, value, value_frozen = split_trainable(value_net, cfg.value_trainable, "value")
         self._initial = (policy, value)
-        trains_lm = any(name.startswith("language_model/") for name in _names(policy))
+        trains_lm = any(name.startswith("language_model/") for name in trainable_names(policy))
 
         # Frozen work done once: decided by comparing weights, never assumed.
         self.vision_report = sharing.vision_trunk_shared(captioner, itm) if itm is not None else None
@@ -328,10 +328,6 @@ def _place(module: nnx.Module, mesh, rules) -> None:
     device = jax.devices()[0]
     for _, var in nnx.to_flat_state(nnx.state(module, nnx.Param)):
         var.set_value(jax.device_put(var.get_value(), device))
-
-
-def _names(state) -> list[str]:
-    return [path_name(p) for p, _ in nnx.to_flat_state(state)]
 
 
 def _alias_trunk(itm, captioner) -> None:

@@ -172,9 +172,10 @@ def reference_logprob(ref_lm, texts: list[str]) -> float:
     mask = np.zeros((len(rows), width), np.int32)
     for i, r in enumerate(rows):
         ids[i, : len(r)], mask[i, : len(r)] = r, 1
+    from vlrm_jax.ops import token_logprob
+
     logits = ref_lm.logits(ids, mask)[:, :-1]
-    logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
-    chosen = np.take_along_axis(logp, ids[:, 1:, None], axis=-1)[..., 0] * mask[:, 1:]
+    chosen = np.asarray(token_logprob(logits, ids[:, 1:])) * mask[:, 1:]
     return float(np.mean(chosen.sum(1) / mask[:, 1:].sum(1)))
 
 
