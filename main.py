@@ -1,6 +1,9 @@
 """Train a captioner with A2C: `python main.py --config=configs/tiny.py [--config.key=value ...]`.
 
 Started again with the same workdir, the run resumes from its latest complete checkpoint.
+Several processes (a GPU cluster, a TPU pod slice): every process runs this same command with
+`--config.distributed.enabled=True` (and, off TPU / SLURM / Open MPI, the coordinator address,
+process count and its own process id); see vlrm_jax/distributed.py.
 Exit status 2: the config is wrong (the message names the key); nothing was compiled. Exit status
 1: the run stopped on too many non-finite updates in a row or a failed checkpoint write (the
 message names the last complete checkpoint).
@@ -24,6 +27,7 @@ def _parse(argv):
 
 
 def main(argv) -> None:
+    from vlrm_jax import distributed
     from vlrm_jax.rl import loop, run
 
     logging.set_verbosity(logging.WARNING)  # orbax reports every file it writes at INFO
@@ -32,6 +36,8 @@ def main(argv) -> None:
         print("main.py: --config is required", file=sys.stderr)
         sys.exit(2)
     try:
+        run.check_distributed(cfg)
+        distributed.initialize(cfg.distributed)  # before anything touches the devices
         step, stream, loop_cfg, hooks, captioner_dir = run.build(cfg)
     except run.ConfigError as e:
         print(f"main.py: bad config: {e}", file=sys.stderr)
@@ -42,7 +48,8 @@ def main(argv) -> None:
     except (loop.TooManySkips, loop.CheckpointError) as e:
         print(f"main.py: {e}", file=sys.stderr)
         sys.exit(1)
-    print(f"main.py: stopped at step {int(state.step)} of {cfg.total_steps}; workdir {cfg.workdir}")
+    if distributed.is_main():
+        print(f"main.py: stopped at step {int(state.step)} of {cfg.total_steps}; workdir {cfg.workdir}")
 
 
 if __name__ == "__main__":

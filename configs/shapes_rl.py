@@ -31,7 +31,7 @@ def get_config(variant: str = "vlrm"):
     c.samples_every = 25
     c.eval_every = 100
     c.batch_size = 64
-    c.mesh_data = 1
+    c.mesh.data = 1
     c.model.update(dict(captioner=f"{root}/models/captioner", itm=f"{root}/models/itm",
                         ref_lm=f"{root}/models/reference_lm", clip=f"{root}/models/clip" if kind == "vlrm_rs" else "",
                         dtype=""))
@@ -40,7 +40,8 @@ def get_config(variant: str = "vlrm"):
     c.a2c.update(dict(micro_batches=1, learning_rate=3e-4, warmup_steps=10))
     c.value.update(dict(lora_rank=4, lora_alpha=8.0, head_layers=1, head_mlp_ratio=4))
     c.data.update(dict(source=f"{root}/world/train", workers=2, min_side=8))
-    c.eval.update(dict(source=f"{root}/world/test", clip=f"{root}/models/clip", batch_size=100, limit=0))
+    c.eval.update(dict(source=f"{root}/world/test", clip=f"{root}/models/clip", batch_size=100, limit=0,
+                        no_repeat_ngram_size=0))  # as the world's demo evaluates (configs/shapes.py)
     if smoke:
         c.workdir = f"{root}/rl/{kind}_smoke"
         c.total_steps, c.checkpoint_every, c.samples_every, c.eval_every = 10, 10, 5, 0

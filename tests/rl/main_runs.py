@@ -51,7 +51,7 @@ def final_state(workdir):
     from vlrm_jax.rl.checkpoint import Checkpoints
 
     cfg = load_config(Path(REPO) / "configs" / "tiny.py")
-    cfg.mesh_data = 1  # the template only gives shapes; restore places it on one device
+    cfg.mesh.data = 1  # the template only gives shapes; restore places it on one device
     cfg.workdir = str(workdir)
     step, *_ = run.build(cfg)
     ckpt = Checkpoints(Path(workdir) / "checkpoints")

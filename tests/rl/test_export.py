@@ -16,7 +16,7 @@ def tiny_run(tmp_path_factory):
 
     workdir = tmp_path_factory.mktemp("tiny_run")
     cfg = load_config("tiny")
-    cfg.workdir, cfg.total_steps, cfg.mesh_data = str(workdir), 3, 1
+    cfg.workdir, cfg.total_steps, cfg.mesh.data = str(workdir), 3, 1
     step, stream, loop_cfg, hooks, captioner_dir = run.build(cfg)
     run.save_run_config(cfg, captioner_dir)
     loop.train(step, stream, dataclasses.replace(loop_cfg, progress=False), cfg.seed, hooks)

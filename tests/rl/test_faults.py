@@ -18,7 +18,7 @@ from vlrm_jax.rl.checkpoint import Checkpoints
 
 def _cfg(workdir, **overrides):
     cfg = load_config("tiny")
-    cfg.workdir, cfg.mesh_data = str(workdir), 1
+    cfg.workdir, cfg.mesh.data = str(workdir), 1
     for key, value in overrides.items():
         target = cfg
         *parents, leaf = key.split(".")

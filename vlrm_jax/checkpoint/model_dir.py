@@ -94,6 +94,13 @@ def _numpy_registry():
         *handlers, (np.ndarray, type_handlers.NumpyHandler(deepcopy_host_arrays=False)))
 
 
+def _this_process_only():
+    """orbax options for a folder one process writes or reads on its own: with several processes
+    (a pod run) orbax would otherwise wait for all of them at every save."""
+    me = jax.process_index()
+    return ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+
+
 def save_params(params_dir: str, flat: Mapping[Path, Any] | Iterable[tuple[Path, Any]],
                 max_shard_bytes: int = SHARD_BYTES) -> None:
     """One orbax checkpoint per group of about max_shard_bytes, under params_dir/NNNNN.
@@ -104,11 +111,12 @@ def save_params(params_dir: str, flat: Mapping[Path, Any] | Iterable[tuple[Path,
     tensorstore holds a checkpoint's encoded chunks in memory until it commits (one checkpoint
     for a 3.6 GB model peaked at 7.8 GB resident)."""
     items = flat.items() if isinstance(flat, Mapping) else flat
-    handler = ocp.PyTreeCheckpointHandler(type_handler_registry=_numpy_registry())
+    local = _this_process_only()
+    handler = ocp.PyTreeCheckpointHandler(type_handler_registry=_numpy_registry(), multiprocessing_options=local)
     os.makedirs(params_dir, exist_ok=True)
     group: dict[Path, Any] = {}
     names = (f"{i:05d}" for i in itertools.count())
-    with ocp.Checkpointer(handler) as ckptr:
+    with ocp.Checkpointer(handler, multiprocessing_options=local) as ckptr:
 
         def flush() -> None:
             ckptr.save(os.path.abspath(os.path.join(params_dir, next(names))), args=ocp.args.PyTreeSave(nest(group)))
@@ -154,7 +162,7 @@ def load_params(model_dir: str, abstract: dict[Path, jax.ShapeDtypeStruct]) -> d
     model does not, is an error naming it.
     """
     params_dir = os.path.abspath(os.path.join(model_dir, PARAMS_DIR))
-    ckptr = ocp.StandardCheckpointer()
+    ckptr = ocp.StandardCheckpointer(multiprocessing_options=_this_process_only())
     stored, where = {}, {}
     for shard in _shards(params_dir):
         for sp, meta in flatten(ckptr.metadata(shard).item_metadata.tree).items():
@@ -186,7 +194,7 @@ def load_params(model_dir: str, abstract: dict[Path, jax.ShapeDtypeStruct]) -> d
 def _restore_target(a: jax.ShapeDtypeStruct) -> jax.ShapeDtypeStruct:
     sharding = getattr(a, "sharding", None)
     if sharding is None:
-        sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])  # this process's
     return jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding)
 
 

@@ -143,15 +143,21 @@ def retokenize_sharded(
     generated_ids: jax.Array,
     *,
     mesh: Mesh | None = None,
-    batch_axes: str | tuple[str, ...] = "data",
+    batch_axes: str | tuple[str, ...] | None = None,
 ) -> dict[str, jax.Array]:
     """Jit-compatible `retokenizer.host_arrays`, run per batch shard on the host.
 
     generated_ids (B, T) must be sharded (or shardable) along `batch_axes` of `mesh` (default:
     the mesh set with `jax.set_mesh`); every output is sharded the same way along its first axis.
     Devices that hold the same shard (other mesh axes) each run the callback on it. With no mesh
-    at all (one device, a notebook) the whole batch goes through one callback.
+    at all (one device, a notebook) the whole batch goes through one callback. batch_axes default:
+    the mesh's own batch axes (`vlrm_jax.sharding.BATCH_AXES` that it has).
     """
+    from vlrm_jax.sharding import BATCH_AXES
+
+    if batch_axes is None:
+        names = (mesh if mesh is not None else jax.sharding.get_abstract_mesh()).axis_names
+        batch_axes = tuple(a for a in BATCH_AXES if a in names)
     spec = PartitionSpec(batch_axes)
 
     def per_shard(local_ids: jax.Array) -> dict[str, jax.Array]:

@@ -7,7 +7,11 @@ back resumes right after the batch that carried it, so the data position is part
 - `ImageStream`: a `vlrm_jax.data` source (folder, tar shards or `tfds:NAME/SPLIT`), split per
   host, shuffled per epoch from the seed, decoded in the source's thread pool, bad files skipped
   and counted; one preprocessing per model that reads the pixels (BLIP2's processor, OpenCLIP's).
-- `RandomStream`: normal noise as a pure function of (seed, position), for tiny runs and tests.
+- `RandomStream`: normal noise as a pure function of (seed, position), for tiny runs and tests;
+  each process takes its rows of the same global batch, so any process layout sees the same data.
+
+With several processes each stream yields only this process's rows (`A2CStep.process_rows`):
+`ImageStream` through a source split per host, `RandomStream` by slicing the global batch.
 """
 from __future__ import annotations
 
@@ -18,8 +22,9 @@ from vlrm_jax.data.preprocess import Blip2Preprocessor, OpenClipPreprocessor
 
 
 class RandomStream:
-    def __init__(self, seed: int, batch_size: int, image_size: int):
+    def __init__(self, seed: int, batch_size: int, image_size: int, rows: slice | None = None):
         self.seed, self.batch_size, self.image_size = seed, batch_size, image_size
+        self.rows = rows or slice(0, batch_size)
 
     def batches(self, state: dict | None):
         position = (state or {}).get("position", 0)
@@ -27,7 +32,8 @@ class RandomStream:
             rng = np.random.default_rng([self.seed, position])
             position += 1
             size = self.image_size
-            yield {"pixels": rng.normal(size=(self.batch_size, size, size, 3)).astype(np.float32)}, {"position": position}
+            pixels = rng.normal(size=(self.batch_size, size, size, 3)).astype(np.float32)[self.rows]
+            yield {"pixels": pixels}, {"position": position}
 
     def skip_counts(self) -> dict[str, int]:
         return {}

@@ -3,6 +3,8 @@ defaults; configs/vlrm.py, vlrm_rs.py, tiny.py and the shapes world's runs overr
 main.py validates the whole config before anything compiles (vlrm_jax/rl/run.py)."""
 from ml_collections import ConfigDict
 
+from vlrm_jax.sharding import DEFAULT_RULES
+
 
 def base_config() -> ConfigDict:
     c = ConfigDict()
@@ -16,7 +18,16 @@ def base_config() -> ConfigDict:
     c.samples_every = 50  # 0: no sample tables
     c.max_skips_in_row = 10
     c.batch_size = 4096  # the rollout batch of one update
-    c.mesh_data = 0  # devices on the data axis; 0: all
+    # Mesh (data, fsdp, tensor): one size may be -1 (the devices the others leave). data and fsdp
+    # split the batch; fsdp also splits every weight's embed dimension, tensor its heads / mlp /
+    # vocab dimensions. mesh_rules: (logical axis, mesh axis or axes or None), first match wins.
+    c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    c.mesh_rules = DEFAULT_RULES
+    # Several processes (GPU cluster, TPU pod): enabled with empty fields lets jax detect the
+    # cluster (TPU pods, SLURM, Open MPI); otherwise every process gets the coordinator's
+    # host:port, the process count and its own id. cpu_collectives: for CPU devices (gloo).
+    c.distributed = ConfigDict(dict(enabled=False, coordinator_address="", num_processes=0, process_id=-1,
+                                    cpu_collectives="gloo", timeout_s=300))
 
     # Converted folders (python -m convert.blip2 / blip2_itm / open_clip). ref_lm "": the
     # captioner's own OPT-2.7B, the paper's reference LM (held once). dtype of the frozen towers.
@@ -31,5 +42,6 @@ def base_config() -> ConfigDict:
     # a folder, tar shards ("shards/*.tar") or "tfds:NAME/SPLIT"; min_side: smaller images are skipped
     c.data = ConfigDict(dict(source="", workers=16, min_side=32))
     # held-out CLIP Recall: a folder or "tfds:coco_captions/test" (Karpathy test), ranked by eval.clip
-    c.eval = ConfigDict(dict(source="", clip="", batch_size=64, limit=0))
+    # no_repeat_ngram_size: the paper's beam bans repeated bigrams (2); 0 lifts the ban.
+    c.eval = ConfigDict(dict(source="", clip="", batch_size=64, limit=0, no_repeat_ngram_size=2))
     return c

@@ -7,6 +7,10 @@ evaluation hook, every `checkpoint_every` steps an asynchronous checkpoint of th
 the data position. Started again on the same workdir it resumes from the latest complete
 checkpoint and first drops the metric lines written after it, so the file never holds a step
 twice. SIGTERM (preemption) is honoured at the next step boundary: checkpoint, wait, return.
+
+With several processes (vlrm_jax.distributed) every process runs this loop in step: each feeds its
+own rows of the batch and takes part in every checkpoint; the record holds every process's data
+position; process 0 alone writes metrics, TensorBoard and samples and shows the progress bar.
 """
 from __future__ import annotations
 
@@ -19,8 +23,10 @@ from typing import Callable
 
 import jax
 import numpy as np
+from absl import logging
 from tqdm.auto import tqdm
 
+from vlrm_jax import distributed
 from vlrm_jax.metrics import ScalarLog
 from vlrm_jax.rl.checkpoint import Checkpoints
 from vlrm_jax.rl.step import A2CStep
@@ -64,6 +70,13 @@ class StopRequest:
 
     def restore(self):
         signal.signal(signal.SIGTERM, self._previous)
+
+    def agreed(self) -> bool:
+        """Whether any process was asked to stop: all of them then stop at the same step (a
+        collective with several processes, so every process asks at the same points)."""
+        if jax.process_count() == 1:
+            return self.requested
+        return any(distributed.allgather_json(self.requested))
 
 
 class MetricsFile:
@@ -115,9 +128,36 @@ def _scalars(metrics) -> dict[str, float]:
     return {name: float(np.asarray(v)) for name, v in jax.device_get(metrics).items()}
 
 
+class _NoLog:
+    """What the processes other than 0 log to: nothing."""
+
+    def scalar(self, *args) -> None:
+        pass
+
+    def text(self, *args) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _resume_data_state(record: dict):
+    """This process's data position from a checkpoint record (every process's is kept)."""
+    states = record.get("data_states")
+    if states is not None and len(states) == jax.process_count():
+        return states[jax.process_index()]
+    if states is not None or jax.process_count() > 1:
+        logging.warning("checkpoint written by %s processes, resumed by %d: every process continues from "
+                        "process 0's data position", len(states) if states else 1, jax.process_count())
+    return record["data_state"]
+
+
 def write_samples(workdir: Path, step: int, samples, decode, n: int, tb: ScalarLog) -> list[dict]:
-    """The first n captions of the step with their reward parts: samples/STEP.jsonl and TB text."""
-    host = {name: np.asarray(v)[:n] for name, v in jax.device_get(samples).items()}
+    """The first n captions of the step with their reward parts: samples/STEP.jsonl and TB text.
+    Every process must call it (the captions are gathered); process 0 writes."""
+    host = {name: np.asarray(v)[:n] for name, v in distributed.gather(samples).items()}
+    if not distributed.is_main():
+        return []
     tokens = host.pop("tokens")
     texts = decode(tokens) if decode is not None else [" ".join(map(str, row)) for row in tokens]
     rows = [{"caption": texts[i], **{name: float(v[i]) for name, v in host.items()}} for i in range(len(tokens))]
@@ -136,32 +176,51 @@ def train(step: A2CStep, stream, cfg: LoopConfig, seed: int, hooks: Hooks = Hook
     workdir = Path(cfg.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     checkpoints = Checkpoints(workdir / "checkpoints", keep=cfg.keep_checkpoints)
+    main = distributed.is_main()
     state = step.init_state(seed)
     data_state, skip_offset = None, {}
     if checkpoints.latest_step() is not None:
         state, record = checkpoints.restore(state)
-        data_state, skip_offset = record["data_state"], record.get("data_skips", {})
+        data_state = _resume_data_state(record)
+        skip_offset = record.get("data_skips", {})
     metrics_file = MetricsFile(workdir / METRICS_FILE)
-    metrics_file.truncate_after(int(state.step))
-    tb = ScalarLog(workdir / "tb", fresh=int(state.step) == 0)
+    if main:
+        metrics_file.truncate_after(int(state.step))
+    tb = ScalarLog(workdir / "tb", fresh=int(state.step) == 0) if main else _NoLog()
     stop = StopRequest()
-    bar = tqdm(total=cfg.total_steps, initial=int(state.step), desc="train", unit="step", disable=not cfg.progress)
+    bar = tqdm(total=cfg.total_steps, initial=int(state.step), desc="train", unit="step",
+               disable=not (cfg.progress and main))
     batches = stream.batches(data_state)
 
     def skips() -> dict[str, int]:
-        now = stream.skip_counts()
-        return {k: skip_offset.get(k, 0) + now.get(k, 0) for k in sorted(set(skip_offset) | set(now))}
+        """Skipped images of the whole run, every process's summed (a collective: all call it)."""
+        mine = stream.skip_counts()
+        total = dict(skip_offset)
+        for counts in distributed.allgather_json(mine):
+            for k, v in counts.items():
+                total[k] = total.get(k, 0) + v
+        return dict(sorted(total.items()))
+
+    def record_of(done: int, position) -> dict:
+        record = {"step": done, "data_state": position, "data_skips": skips()}
+        if jax.process_count() > 1:
+            record["data_states"] = distributed.allgather_json(position)
+            record["data_state"] = record["data_states"][0]
+        return record
 
     def evaluate(done: int) -> None:
         results = hooks.evaluate(state, done)
-        metrics_file.append({"step": done, **{f"eval/{k}": v for k, v in results.items()}})
+        if main:
+            metrics_file.append({"step": done, **{f"eval/{k}": v for k, v in results.items()}})
         for name, value in results.items():
             tb.scalar(f"eval/{name}", value, done)
 
+    stopping = False
     try:
-        while int(state.step) < cfg.total_steps and not stop.requested:
+        while int(state.step) < cfg.total_steps and not stopping:
             host_batch, data_state = next(batches)
-            batch = step.shard_batch(host_batch)
+            rows = len(host_batch["pixels"]) * jax.process_count()  # each process holds its own rows
+            batch = step.shard_batch(host_batch, rows)
             start = time.perf_counter()
             state, metrics, samples = step.step(state, step.frozen, batch)
             done = int(state.step)  # waits for the step: the time below is the step's
@@ -169,12 +228,13 @@ def train(step: A2CStep, stream, cfg: LoopConfig, seed: int, hooks: Hooks = Hook
             last = done == cfg.total_steps
             if done % cfg.log_every == 0 or last:
                 record = {"step": done, **_scalars(metrics), "data/skipped": sum(skips().values()),
-                          "time/step_s": seconds, "time/captions_per_s": len(host_batch["pixels"]) / seconds}
-                metrics_file.append(record)
-                for name, value in record.items():
-                    if name != "step":
-                        tb.scalar(name, value, done)
-                bar.set_postfix(reward=f"{record['reward/mean']:.3f}")
+                          "time/step_s": seconds, "time/captions_per_s": rows / seconds}
+                if main:
+                    metrics_file.append(record)
+                    for name, value in record.items():
+                        if name != "step":
+                            tb.scalar(name, value, done)
+                    bar.set_postfix(reward=f"{record['reward/mean']:.3f}")
             if cfg.samples_every and (done % cfg.samples_every == 0 or last):
                 write_samples(workdir, done, samples, hooks.decode, cfg.num_samples, tb)
             bar.update(1)
@@ -183,8 +243,9 @@ def train(step: A2CStep, stream, cfg: LoopConfig, seed: int, hooks: Hooks = Hook
                                    f"the last good checkpoint is step {checkpoints.latest_step()}")
             if hooks.evaluate is not None and ((cfg.eval_every and done % cfg.eval_every == 0) or last):
                 evaluate(done)
-            if done % cfg.checkpoint_every == 0 or last or stop.requested:
-                _save(checkpoints, done, state, {"step": done, "data_state": data_state, "data_skips": skips()})
+            stopping = stop.agreed()
+            if done % cfg.checkpoint_every == 0 or last or stopping:
+                _save(checkpoints, done, state, record_of(done, data_state))
         _wait(checkpoints)
     finally:
         bar.close()

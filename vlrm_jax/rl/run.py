@@ -22,7 +22,7 @@ from vlrm_jax.rl.config import A2CConfig
 from vlrm_jax.rl.loop import Hooks, LoopConfig
 
 POSITIVE = ("total_steps", "checkpoint_every", "keep_checkpoints", "log_every", "batch_size", "max_skips_in_row")
-NON_NEGATIVE = ("seed", "eval_every", "mesh_data", "samples_every")
+NON_NEGATIVE = ("seed", "eval_every", "samples_every")
 REWARDS = ("vlrm", "vlrm_rs", "token_count")
 MODEL_SOURCES = ("folders", "random")
 
@@ -81,13 +81,18 @@ def validate(cfg) -> dict:
     rollout = _dataclass(GenerationConfig, {**dict(cfg.rollout), "do_sample": True}, "rollout")
     if cfg.batch_size % a2c.micro_batches:
         raise ConfigError("batch_size", f"{cfg.batch_size} does not split into a2c.micro_batches={a2c.micro_batches}")
-    devices = cfg.mesh_data or jax.device_count()
-    if devices > jax.device_count():
-        raise ConfigError("mesh_data", f"{devices} devices asked for, {jax.device_count()} present")
+    shape = _mesh(cfg)
+    rules = _rules_table(cfg)
+    split = shape[0] * shape[1]  # data x fsdp: the batch axes
+    if cfg.batch_size % split:
+        raise ConfigError("batch_size", f"{cfg.batch_size} images do not divide over data x fsdp = {split} devices")
     rows = cfg.batch_size * a2c.samples_per_image // a2c.micro_batches
-    if rows % devices:
-        raise ConfigError("batch_size", f"a micro-batch of {rows} captions does not divide over {devices} devices "
-                                        "on the data axis")
+    if rows % split:
+        raise ConfigError("batch_size", f"a micro-batch of {rows} captions does not divide over data x fsdp = "
+                                        f"{split} devices (mesh {dict(zip(sharding.MESH_AXES, shape))})")
+    if "://" in cfg.workdir:
+        raise ConfigError("workdir", f"{cfg.workdir!r}: metrics, samples and TensorBoard are written through local "
+                                     "paths; use a local or mounted (NFS, gcsfuse) folder")
     if cfg.reward.kind not in REWARDS:
         raise ConfigError("reward.kind", f"{cfg.reward.kind!r}: expected one of {REWARDS}")
     if cfg.model.source not in MODEL_SOURCES:
@@ -100,6 +105,9 @@ def validate(cfg) -> dict:
             _folder(cfg, "ref_lm")
         if cfg.reward.kind == "vlrm_rs":
             _folder(cfg, "clip", kinds.OPEN_CLIP)
+    if isinstance(cfg.eval.no_repeat_ngram_size, bool) or not isinstance(cfg.eval.no_repeat_ngram_size, int) \
+            or cfg.eval.no_repeat_ngram_size < 0:
+        raise ConfigError("eval.no_repeat_ngram_size", f"expected an integer >= 0, got {cfg.eval.no_repeat_ngram_size!r}")
     if cfg.eval.source:
         if not cfg.eval.clip:
             raise ConfigError("eval.clip", "evaluation needs the OpenCLIP folder that ranks the captions")
@@ -108,7 +116,65 @@ def validate(cfg) -> dict:
     if cfg.data.source != "random" and not cfg.data.source.startswith("tfds:") and "*" not in cfg.data.source \
             and not os.path.exists(cfg.data.source):
         raise ConfigError("data.source", f"{cfg.data.source!r} does not exist")
-    return dict(a2c=a2c, value=value, rollout=rollout, devices=devices)
+    return dict(a2c=a2c, value=value, rollout=rollout, mesh_shape=shape, rules=rules)
+
+
+def _mesh(cfg) -> tuple[int, ...]:
+    """(data, fsdp, tensor) sizes. One process may use fewer devices than it has (the first
+    ones); several processes must use every device, since each must hold part of the mesh."""
+    sizes = dict(cfg.mesh)
+    for name in sizes:
+        if name not in sharding.MESH_AXES:
+            raise ConfigError(f"mesh.{name}", f"unknown mesh axis; expected {sharding.MESH_AXES}")
+    for name in sharding.MESH_AXES:
+        value = sizes.get(name)
+        if isinstance(value, bool) or not isinstance(value, int) or not (value == -1 or value >= 1):
+            raise ConfigError(f"mesh.{name}", f"expected an integer >= 1 or -1 (the rest of the devices), got {value!r}")
+    if list(sizes.values()).count(-1) > 1:
+        raise ConfigError("mesh", f"{sizes}: at most one size may be -1")
+    present = jax.device_count()
+    fixed = int(np.prod([v for v in sizes.values() if v != -1]))
+    total = present if -1 in sizes.values() else fixed
+    if total > present or (jax.process_count() > 1 and total != present):
+        raise ConfigError("mesh", f"{sizes} needs {total} devices; {present} are present"
+                                  + (f" over {jax.process_count()} processes, and all must be used"
+                                     if jax.process_count() > 1 else ""))
+    try:
+        return sharding.mesh_shape(sizes, total)
+    except ValueError as e:
+        raise ConfigError("mesh", str(e)) from None
+
+
+def _rules_table(cfg) -> tuple:
+    rules = tuple(tuple(r) if isinstance(r, (list, tuple)) else r for r in cfg.mesh_rules)
+    try:
+        sharding.check_rules(rules)
+    except ValueError as e:
+        raise ConfigError("mesh_rules", str(e)) from None
+    return tuple((name, tuple(t) if isinstance(t, list) else t) for name, t in rules)
+
+
+def check_distributed(cfg) -> None:
+    """The `distributed` keys, checked before jax is initialised (so before `validate`)."""
+    d = cfg.distributed
+    known = {"enabled", "coordinator_address", "num_processes", "process_id", "cpu_collectives", "timeout_s"}
+    for name in d:
+        if name not in known:
+            raise ConfigError(f"distributed.{name}", f"unknown; expected one of {sorted(known)}")
+    if not isinstance(d.enabled, bool):
+        raise ConfigError("distributed.enabled", f"expected True or False, got {d.enabled!r}")
+    for name, minimum in (("num_processes", 0), ("process_id", -1), ("timeout_s", 1)):
+        value = d[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ConfigError(f"distributed.{name}", f"expected an integer >= {minimum}, got {value!r}")
+    explicit = [bool(d.coordinator_address), d.num_processes > 0, d.process_id >= 0]
+    if any(explicit) and not all(explicit):
+        raise ConfigError("distributed", "give coordinator_address, num_processes and process_id together, "
+                                         "or none of them (jax then detects the cluster)")
+    if all(explicit) and d.process_id >= d.num_processes:
+        raise ConfigError("distributed.process_id", f"{d.process_id} not below num_processes={d.num_processes}")
+    if d.cpu_collectives not in ("gloo", "mpi", "none"):
+        raise ConfigError("distributed.cpu_collectives", f"{d.cpu_collectives!r}: expected gloo, mpi or none")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -147,6 +213,18 @@ def write_random_captioner(m, folder: Path) -> str:
     return str(folder)
 
 
+def _random_captioner_once(cfg) -> str:
+    """The tiny random captioner folder, written by process 0 first (orbax on its own, see
+    model_dir); the others then find it on a shared disk or write the same folder themselves."""
+    from vlrm_jax import distributed
+
+    folder = Path(cfg.workdir) / "models" / "captioner"
+    if distributed.is_main():
+        write_random_captioner(cfg.model, folder)
+    distributed.barrier("random_captioner")
+    return write_random_captioner(cfg.model, folder)
+
+
 def _rules(reward):
     from vlrm_jax.rewards.penalties import PenaltyRules
 
@@ -183,11 +261,12 @@ def _evaluator(cfg, step, captioner_dir: str):
     from vlrm_jax.evaluate import open_source
 
     clip = ClipModel.load(cfg.eval.clip)
+    generation = dataclasses.asdict(GenerationConfig.paper_inference(no_repeat_ngram_size=cfg.eval.no_repeat_ngram_size))
 
     def evaluate(state, done: int) -> dict:
         captioner = Captioner(step.policy_module(state), captioner_dir)
         data = collect(open_source(cfg.eval.source), clip, captioner, batch_size=cfg.eval.batch_size,
-                       limit=cfg.eval.limit or None, progress=False)
+                       limit=cfg.eval.limit or None, progress=False, generation=generation)
         return recall_table(clip, data, name="policy")["policy"]
 
     return evaluate
@@ -210,7 +289,12 @@ RUN_CONFIG = "run_config.json"
 
 
 def save_run_config(cfg, captioner_dir: str) -> None:
-    """The config a workdir was trained with, beside its checkpoints (export reads it)."""
+    """The config a workdir was trained with, beside its checkpoints (export reads it); written
+    by process 0 only."""
+    from vlrm_jax import distributed
+
+    if not distributed.is_main():
+        return
     workdir = Path(cfg.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     record = {"config": json.loads(cfg.to_json()), "captioner_dir": str(Path(captioner_dir).absolute())}
@@ -230,7 +314,7 @@ def build(cfg):
     parts = validate(cfg)
     captioner_dir = cfg.model.captioner
     if cfg.model.source == "random":
-        captioner_dir = write_random_captioner(cfg.model, Path(cfg.workdir) / "models" / "captioner")
+        captioner_dir = _random_captioner_once(cfg)
     dtype = cfg.model.dtype or None
     captioner = Captioner.load(captioner_dir, dtype=dtype, param_dtype=dtype)
     itm = ItmScorer.load(cfg.model.itm, dtype=dtype, param_dtype=dtype) if cfg.reward.kind != "token_count" else None
@@ -244,17 +328,25 @@ def build(cfg):
     scorer = _scorer(cfg, parts["rollout"], captioner, clip)
     text_cfg = captioner.module.cfg.text
     value_net = ValueNetwork(parts["value"], text_cfg, rngs=nnx.Rngs(cfg.seed + 1))
-    mesh = sharding.make_mesh((parts["devices"],), ("data",)) if parts["devices"] > 1 else None
+    shape = parts["mesh_shape"]
+    devices = int(np.prod(shape))
+    mesh = sharding.make_mesh(shape, devices=jax.devices()[:devices]) if devices > 1 else None
     # no separate reference LM: the captioner's own OPT (A2CStep finds them equal and holds one)
     lm = ref_lm.module if ref_lm is not None else (captioner.module.language_model if cfg.reward.kind == "vlrm" else None)
     step = A2CStep(parts["a2c"], captioner.module, value_net, scorer, parts["rollout"],
-                   itm=itm.module if itm else None, ref_lm=lm, clip=clip.module if clip else None, mesh=mesh)
+                   itm=itm.module if itm else None, ref_lm=lm, clip=clip.module if clip else None, mesh=mesh,
+                   rules=parts["rules"])
+    rows = step.process_rows(cfg.batch_size)  # this process's share of every batch
+    if (rows.stop - rows.start) * jax.process_count() != cfg.batch_size:
+        raise ConfigError("mesh", f"{dict(zip(sharding.MESH_AXES, shape))}: processes share rows of the batch "
+                                  f"(this one holds {rows.start}..{rows.stop} of {cfg.batch_size}); put every "
+                                  "process on its own rows (data x fsdp a multiple of the process count)")
     size = captioner.module.cfg.vision.image_size
     if cfg.data.source == "random":
-        stream = RandomStream(cfg.seed, cfg.batch_size, size)
-    else:
+        stream = RandomStream(cfg.seed, cfg.batch_size, size, rows=rows)
+    else:  # the source reads this process's part of the data (split by jax.process_index)
         source = open_training_source(cfg.data.source, cfg.seed, cfg.data.workers, cfg.data.min_side)
-        stream = ImageStream(source, cfg.batch_size, size, clip.preprocess_config if clip is not None else None)
+        stream = ImageStream(source, rows.stop - rows.start, size, clip.preprocess_config if clip is not None else None)
     loop = LoopConfig(workdir=cfg.workdir, total_steps=cfg.total_steps, checkpoint_every=cfg.checkpoint_every,
                       log_every=cfg.log_every, keep_checkpoints=cfg.keep_checkpoints,
                       max_skips_in_row=cfg.max_skips_in_row, samples_every=cfg.samples_every,

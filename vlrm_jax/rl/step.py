@@ -69,7 +69,7 @@ class A2CStep:
         for name, model in (("itm", itm), ("ref_lm", ref_lm), ("clip", clip)):
             if name in needs and model is None:
                 raise ValueError(f"the reward needs the {name} model, which was not given")
-        self.cfg, self.rollout_cfg, self.scorer, self.mesh = cfg, rollout, scorer, mesh
+        self.cfg, self.rollout_cfg, self.scorer, self.mesh, self.rules = cfg, rollout, scorer, mesh, tuple(rules)
         for model in (captioner, value_net, itm, ref_lm, clip):  # on the devices once, not per call
             if model is not None:
                 _place(model, mesh, rules)
@@ -92,6 +92,7 @@ class A2CStep:
         self.frozen = FrozenParams(policy_frozen, value_frozen, itm_state, ref_state, clip_state)
 
         self.tx = optim.adam(cfg)
+        self.layout = self._state_layout()
         self.step = jax.jit(self._step, donate_argnums=0)
         self.experience = jax.jit(self._experience)
         self.update = jax.jit(self._update, donate_argnums=0)
@@ -110,20 +111,48 @@ class A2CStep:
             # committed to the device, as the step's outputs are: an uncommitted input is another
             # cache key, and the second step would compile the whole program again
             return jax.device_put(state, jax.devices()[0])
-        # counters, key and Adam's step count replicated on the mesh like everything else: a
-        # checkpoint restored onto this template then lands on the same devices
+        # a checkpoint restored onto this template lands as the rules lay out this mesh
+        return jax.tree.map(shd.put, state, self.layout)
+
+    def _state_layout(self) -> TrainState | None:
+        """Where every leaf of the training state lives on the mesh: parameters and their Adam
+        moments as the rules place the parameters, counters and the key replicated. The update
+        pins its output to it; left to itself XLA may hand back a parameter split differently
+        (a LayerNorm scale over fsdp, say), and the layout would drift from step to step."""
+        if self.mesh is None:
+            return None
         replicated = NamedSharding(self.mesh, P())
-        return jax.tree.map(lambda x: x if isinstance(x.sharding, NamedSharding) else jax.device_put(x, replicated), state)
+
+        def params_and_moments(params):
+            where = jax.tree.map(lambda x: x.sharding, params)
+            moments = optax.tree_map_params(self.tx, lambda _, s: s, jax.eval_shape(self.tx.init, params), where,
+                                            transform_non_params=lambda _: replicated)
+            return where, moments
+
+        (policy, policy_opt), (value, value_opt) = map(params_and_moments, self._initial)
+        return TrainState(step=replicated, key=replicated, policy=policy, value=value, policy_opt=policy_opt,
+                          value_opt=value_opt, skipped=replicated, skipped_in_row=replicated)
 
     def policy_module(self, state: TrainState) -> Blip2Captioner:
         """The captioner with the state's policy parameters (for evaluation and export)."""
         return nnx.merge(self.policy_graph, state.policy, self.frozen.policy)
 
-    def shard_batch(self, batch: dict) -> dict:
-        """Put a host batch on the mesh's data axis (or on the one device)."""
+    def shard_batch(self, batch: dict, global_rows: int | None = None) -> dict:
+        """Put a host batch on the mesh's batch axes (or on the one device). With several
+        processes, each passes its own rows (`process_rows`) and the global row count."""
         if self.mesh is None:
             return {k: jax.device_put(v, jax.devices()[0]) for k, v in batch.items()}
-        return {k: shd.shard_batch(v, self.mesh) for k, v in batch.items()}
+        return {k: shd.shard_batch(v, self.mesh, global_rows) for k, v in batch.items()}
+
+    def process_rows(self, global_rows: int) -> slice:
+        """The rows of a global batch this process feeds (all of them with one process)."""
+        if self.mesh is None:
+            return slice(0, global_rows)
+        return shd.process_rows(self.mesh, global_rows)
+
+    def _pin(self, x, *axes):
+        """Pin a main activation's layout (batch axes first) by the logical rules."""
+        return shd.constrain(x, axes + (None,) * (x.ndim - len(axes)), self.mesh, self.rules)
 
     # ------------------------------------------------------------------------------------------
     def _captioner(self, policy, frozen: FrozenParams) -> Blip2Captioner:
@@ -145,6 +174,8 @@ class A2CStep:
         else:
             states = captioner.vision_model(pixels)
             itm_states = models.itm.vision_model(batch.get("itm_pixels", pixels)) if models.itm is not None else None
+        states = self._pin(states, "batch", "length", "act_embed")
+        itm_states = None if itm_states is None else self._pin(itm_states, "batch", "length", "act_embed")
         return jax.lax.stop_gradient(states), jax.lax.stop_gradient(itm_states)
 
     def _experience(self, state: TrainState, frozen: FrozenParams, batch: dict):
@@ -160,6 +191,8 @@ class A2CStep:
             batch = {name: repeat(v) for name, v in batch.items()}
         key = jax.random.fold_in(state.key, state.step)
         rollout = generate_from_embeds(cap, self.rollout_cfg, states, key)
+        rollout = rollout._replace(tokens=self._pin(rollout.tokens, "batch", "length"),
+                                   mask=self._pin(rollout.mask, "batch", "length"))
         out = self.scorer(models, rollout.tokens, itm_states, batch, self.mesh)
         returns = jnp.asarray(out.returns, jnp.float32)
         metrics = {f"reward/{name}": v for name, v in out.stats.items()}
@@ -194,10 +227,11 @@ class A2CStep:
             raise ValueError(f"{x.shape[0]} rollout rows do not split into {m} micro-batches")
         y = x.reshape(x.shape[0] // m, m, *x.shape[1:]).swapaxes(0, 1)
         if self.mesh is not None:
-            n = self.mesh.shape[shd.BATCH_AXES[0]]
+            n = shd.batch_devices(self.mesh)
             if y.shape[1] % n:
-                raise ValueError(f"a micro-batch of {y.shape[1]} rows does not divide over {n} devices on the data axis")
-            y = jax.lax.with_sharding_constraint(y, NamedSharding(self.mesh, P(None, shd.BATCH_AXES, *([None] * (y.ndim - 2)))))
+                raise ValueError(f"a micro-batch of {y.shape[1]} rows does not divide over {n} devices on the "
+                                 f"batch axes {shd.batch_axes(self.mesh)}")
+            y = self._pin(y, None, "batch")
         return y
 
     def _unmicro(self, y):
@@ -206,7 +240,7 @@ class A2CStep:
     def _values(self, value, frozen: FrozenParams, lm, soft_prompt, tokens, mask, captioner):
         net = nnx.merge(self.value_graph, value, frozen.value)
         embeds, full_mask = caption_inputs(captioner, soft_prompt, tokens, mask)
-        values = net(lm, embeds, full_mask, remat=self.cfg.remat)
+        values = net(lm, self._pin(embeds, "batch", "length", "act_embed"), full_mask, remat=self.cfg.remat)
         return values[:, soft_prompt.shape[1]:]
 
     def _value_pass(self, state: TrainState, frozen: FrozenParams, exp: Experience):
@@ -237,7 +271,9 @@ class A2CStep:
             soft = cap.soft_prompt(states)
             embeds, full_mask = caption_inputs(cap, soft, tokens, mask)
             lm = cap.language_model
+            embeds = self._pin(embeds, "batch", "length", "act_embed")
             hidden, _ = lm.decode(embeds, position_ids(full_mask), causal_mask(full_mask), remat=self.cfg.remat)
+            hidden = self._pin(hidden, "batch", "length", "act_embed")
             logp, entropy = losses.token_stats(hidden[:, soft.shape[1]:], tokens, lm.lm_head, self.cfg.prob,
                                                r.temperature, r.top_k, self.cfg.logit_chunk)
             p = jnp.exp(logp)
@@ -309,6 +345,8 @@ class A2CStep:
             policy_opt=popt_new, value_opt=vopt_new,
             skipped=state.skipped + skip, skipped_in_row=jnp.where(ok, 0, state.skipped_in_row + 1),
         )
+        if self.layout is not None:
+            new_state = jax.lax.with_sharding_constraint(new_state, self.layout)
         metrics.update({
             "lr": optim.learning_rate(self.cfg)(optim.updates_done(state.policy_opt)),
             "skipped": new_state.skipped, "skipped_in_row": new_state.skipped_in_row, "update_ok": ok,
