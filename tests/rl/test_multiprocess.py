@@ -1,6 +1,7 @@
 """Two processes, one run: main.py on the tiny config as 2 jax.distributed processes of 4 CPU
 devices each (collectives over localhost through gloo) takes the steps one process on 8 devices
-takes: the same metrics and the same parameters. The slow variant also stops the pair after a
+takes: the same metrics and the same parameters (slow: three runs of compiling processes on 2
+cores take minutes). The second trial also stops the pair after a
 checkpoint and restarts it, so every process restores its part of the state and its data position.
 """
 import socket
@@ -77,6 +78,7 @@ def one_process_run(tmp_path_factory):
     return workdir
 
 
+@pytest.mark.slow
 def test_two_processes_take_the_steps_of_one(one_process_run, tmp_path):
     outs = _two_processes(tmp_path, 4)
     assert "stopped at step 4 of 4" in outs[0] and "stopped at step" not in outs[1]  # process 0 reports

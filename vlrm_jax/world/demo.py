@@ -188,14 +188,18 @@ def evaluate(workdir, world: shapes.World, cfg, policies: dict[str, Path] | None
     from vlrm_jax.clip_api import ClipModel
     from vlrm_jax.eval.clip_eval import collect, recall_table
     from vlrm_jax.evaluate import open_source
+    from vlrm_jax.generate import GenerationConfig
 
     clip = ClipModel.load(str(workdir.model("clip")))
+    generation = dataclasses.asdict(GenerationConfig.paper_inference(
+        no_repeat_ngram_size=cfg.eval.get("no_repeat_ngram_size", 2)))
     ref_lm = ReferenceLM.load(str(workdir.model("reference_lm")))
     folders = {"base": workdir.model("captioner"), **(policies or {})}
     source = open_source(str(workdir.world / "test"))
     rows, captions = {}, {}
     for name, folder in folders.items():
-        data = collect(source, clip, Captioner.load(str(folder)), batch_size=cfg.eval.caption_batch_size)
+        data = collect(source, clip, Captioner.load(str(folder)), batch_size=cfg.eval.caption_batch_size,
+                       generation=generation)
         scenes = [world.test.scenes[int(Path(key).stem)] for key in data.keys]
         recall = recall_table(clip, data, name=name)
         if "REF" not in rows:
