@@ -1,7 +1,7 @@
 """VLRM (arXiv 2404.01911): BLIP2-OPT-2.7B fine-tuned with A2C on the BLIP2-ITM + reference-LM
 reward, on a TPU pod slice or GPUs.
 
-    python main.py --config=configs/vlrm.py --config.workdir=gs://bucket/vlrm \\
+    python main.py --config=configs/vlrm.py --config.checkpoint_dir=gs://bucket/vlrm/checkpoints \\
         --config.model.captioner=ckpt/blip2-opt-2.7b --config.model.itm=ckpt/blip2-itm-vit-g \\
         --config.data.source='shards/*.tar' --config.eval.source=tfds:coco_captions/test \\
         --config.eval.clip=ckpt/clip-g

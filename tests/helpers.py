@@ -17,6 +17,17 @@ def run_module(module: str, *args: str, check: bool = True) -> subprocess.Comple
     return proc
 
 
+def convert_in_process(module: str, *args: str) -> None:
+    """`python -m module args...`'s main, called here: for fixtures that need a converted folder
+    (the command line itself, exit codes and messages are tested through run_module)."""
+    import contextlib
+    import importlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        importlib.import_module(module).main(list(args))
+
+
 def hf_layout(ids, mask, num_query: int, image_token: int):
     """transformers' BLIP2 input for left-padded text: [pads, image tokens, BOS, text]."""
     import numpy as np

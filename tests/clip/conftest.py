@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from tests.clip import tiny
-from tests.helpers import run_module
+from tests.helpers import convert_in_process
 
 
 @pytest.fixture(scope="session")
@@ -15,6 +15,6 @@ def tiny_clip(tmp_path_factory):
     weights = root / "tiny.pt"
     torch.save(model.state_dict(), weights)
     dst = root / "jax"
-    run_module("convert.open_clip", "--model", tiny.NAME, "--model-config", config, "--pretrained", str(weights),
-               "--dst", str(dst), "--quiet")
+    convert_in_process("convert.open_clip", "--model", tiny.NAME, "--model-config", config,
+                       "--pretrained", str(weights), "--dst", str(dst), "--quiet")
     return model, weights, config, dst, root

@@ -6,14 +6,14 @@ import pytest
 from PIL import Image
 
 from tests import factories as F
-from tests.helpers import run_module
+from tests.helpers import convert_in_process, run_module
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     root = tmp_path_factory.mktemp("caption_cli")
     F.save_tiny_blip2(str(root / "hf"), seed=2, eos_scale=2.0)
-    run_module("convert.blip2", "--src", str(root / "hf"), "--dst", str(root / "model"), "--quiet")
+    convert_in_process("convert.blip2", "--src", str(root / "hf"), "--dst", str(root / "model"), "--quiet")
     return str(root / "model")
 
 

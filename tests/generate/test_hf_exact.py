@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tests import factories as F
-from tests.helpers import run_module
+from tests.helpers import convert_in_process
 
 BATCH = 8
 CONFIGS = [
@@ -23,7 +23,7 @@ def models(request, tmp_path_factory):
     """eos_scale 3.5 makes many captions end on EOS before the limit; 1.0 makes none end."""
     root = tmp_path_factory.mktemp("gen")
     hf = F.save_tiny_blip2(str(root / "hf"), seed=0, eos_scale=request.param)
-    run_module("convert.blip2", "--src", str(root / "hf"), "--dst", str(root / "jax"), "--quiet")
+    convert_in_process("convert.blip2", "--src", str(root / "hf"), "--dst", str(root / "jax"), "--quiet")
     from vlrm_jax import Captioner
 
     return hf, Captioner.load(str(root / "jax")), request.param

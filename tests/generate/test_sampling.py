@@ -5,14 +5,14 @@ import numpy as np
 import pytest
 
 from tests import factories as F
-from tests.helpers import run_module
+from tests.helpers import convert_in_process
 
 
 @pytest.fixture(scope="module")
 def cap(tmp_path_factory):
     root = tmp_path_factory.mktemp("sample")
     F.save_tiny_blip2(str(root / "hf"), seed=4, eos_scale=2.0)
-    run_module("convert.blip2", "--src", str(root / "hf"), "--dst", str(root / "jax"), "--quiet")
+    convert_in_process("convert.blip2", "--src", str(root / "hf"), "--dst", str(root / "jax"), "--quiet")
     from vlrm_jax import Captioner
 
     return Captioner.load(str(root / "jax"))

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tests import factories as F
-from tests.helpers import hf_layout, run_module
+from tests.helpers import convert_in_process, hf_layout
 
 TOL = 1e-4
 
@@ -13,7 +13,7 @@ TOL = 1e-4
 def converted(tmp_path_factory):
     root = tmp_path_factory.mktemp("blip2")
     hf = F.save_tiny_blip2(str(root / "hf"))
-    run_module("convert.blip2", "--src", str(root / "hf"), "--dst", str(root / "jax"), "--quiet")
+    convert_in_process("convert.blip2", "--src", str(root / "hf"), "--dst", str(root / "jax"), "--quiet")
     from vlrm_jax import Captioner
 
     return hf, Captioner.load(str(root / "jax")), root

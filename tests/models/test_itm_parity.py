@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tests import factories as F
-from tests.helpers import run_module
+from tests.helpers import convert_in_process
 
 TOL = 1e-4
 
@@ -13,7 +13,7 @@ TOL = 1e-4
 def converted(tmp_path_factory):
     root = tmp_path_factory.mktemp("itm")
     hf = F.save_tiny_itm(str(root / "hf"), seed=3)
-    run_module("convert.blip2_itm", "--src", str(root / "hf"), "--dst", str(root / "jax"), "--quiet")
+    convert_in_process("convert.blip2_itm", "--src", str(root / "hf"), "--dst", str(root / "jax"), "--quiet")
     from vlrm_jax import ItmScorer
 
     return hf, ItmScorer.load(str(root / "jax")), root
@@ -57,7 +57,7 @@ def test_sharing_check_both_ways(converted, tmp_path):
 
     hf_itm, itm, root = converted
     cap_hf = F.save_tiny_blip2(str(tmp_path / "cap"), seed=9)
-    run_module("convert.blip2", "--src", str(tmp_path / "cap"), "--dst", str(tmp_path / "cap-jax"), "--quiet")
+    convert_in_process("convert.blip2", "--src", str(tmp_path / "cap"), "--dst", str(tmp_path / "cap-jax"), "--quiet")
     cap = Captioner.load(str(tmp_path / "cap-jax"))
     assert not vision_trunk_shared(cap.module, itm.module).shared
 
@@ -68,7 +68,8 @@ def test_sharing_check_both_ways(converted, tmp_path):
         if k.startswith("vision_model.") and "post_layernorm" not in k:
             sd[k] = v.clone()
     save_file(sd, str(tmp_path / "itm-shared" / "model.safetensors"), metadata={"format": "pt"})
-    run_module("convert.blip2_itm", "--src", str(tmp_path / "itm-shared"), "--dst", str(tmp_path / "itm-jax"), "--quiet")
+    convert_in_process("convert.blip2_itm", "--src", str(tmp_path / "itm-shared"), "--dst", str(tmp_path / "itm-jax"),
+                       "--quiet")
     shared_itm = ItmScorer.load(str(tmp_path / "itm-jax"))
     report = vision_trunk_shared(cap.module, shared_itm.module)
     assert report.shared, report.reason
@@ -76,11 +77,12 @@ def test_sharing_check_both_ways(converted, tmp_path):
     # one tensor changed -> not shared, and the report names it
     sd["vision_model.encoder.layers.2.mlp.fc2.bias"][0] += 1e-3
     save_file(sd, str(tmp_path / "itm-shared" / "model.safetensors"), metadata={"format": "pt"})
-    run_module("convert.blip2_itm", "--src", str(tmp_path / "itm-shared"), "--dst", str(tmp_path / "itm-jax2"), "--quiet")
+    convert_in_process("convert.blip2_itm", "--src", str(tmp_path / "itm-shared"), "--dst", str(tmp_path / "itm-jax2"),
+                       "--quiet")
     report = vision_trunk_shared(cap.module, ItmScorer.load(str(tmp_path / "itm-jax2")).module)
     assert not report.shared and "fc2.bias" in report.reason
 
     assert reference_lm_shared(cap.module, ReferenceLM.load(str(tmp_path / "cap-jax")).module).shared
     F.save_tiny_opt(str(tmp_path / "opt"), seed=1)
-    run_module("convert.opt", "--src", str(tmp_path / "opt"), "--dst", str(tmp_path / "opt-jax"), "--quiet")
+    convert_in_process("convert.opt", "--src", str(tmp_path / "opt"), "--dst", str(tmp_path / "opt-jax"), "--quiet")
     assert not reference_lm_shared(cap.module, ReferenceLM.load(str(tmp_path / "opt-jax")).module).shared

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from tests import factories as F
-from tests.helpers import run_module
+from tests.helpers import convert_in_process
 
 TOL = 1e-4
 VARIANTS = {
@@ -19,7 +19,7 @@ VARIANTS = {
 def converted(request, tmp_path_factory):
     root = tmp_path_factory.mktemp(request.param)
     hf = F.save_tiny_opt(str(root / "hf"), seed=5, **VARIANTS[request.param])
-    run_module("convert.opt", "--src", str(root / "hf"), "--dst", str(root / "jax"), "--quiet")
+    convert_in_process("convert.opt", "--src", str(root / "hf"), "--dst", str(root / "jax"), "--quiet")
     from vlrm_jax import ReferenceLM
 
     return hf, ReferenceLM.load(str(root / "jax"))

@@ -46,3 +46,22 @@ def straight_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("straight")
     main(workdir)
     return workdir
+
+
+@pytest.fixture(scope="module")
+def vlrm_scorer(tmp_path_factory):
+    """The VLRM reward's scorer on the tiny word-level tokenizer (captioner and ITM share it)."""
+    from transformers import AutoTokenizer
+
+    from tests.rl.tiny_steps import EOS, ROLLOUT
+    from tests.stacks import VOCAB
+    from vlrm_jax.rewards.retokenize import Retokenizer
+    from vlrm_jax.rewards.reward import RewardConfig
+    from vlrm_jax.rl.scoring import VlrmScorer
+
+    folder = tmp_path_factory.mktemp("rl_tok")
+    F.save_tiny_tokenizer(str(folder), vocab_size=VOCAB)
+    tok = AutoTokenizer.from_pretrained(folder)
+    retok = Retokenizer(tok, max_new_tokens=ROLLOUT.max_new_tokens, itm_tokenizer=tok, itm_max_length=12,
+                        eos_token_id=EOS)
+    return VlrmScorer(RewardConfig.vlrm(), retok, bos_token_id=EOS)

@@ -174,3 +174,18 @@ def test_sigterm_during_a_step_or_an_evaluation_checkpoints_and_returns(tiny, tm
     state = loop.train(step, stream, cfg, seed, loop.Hooks(evaluate=slow_evaluation))
     assert calls == [2] and int(state.step) == 2
     assert Checkpoints(tmp_path / "eval" / "checkpoints").latest_step() == 2
+
+
+def test_checkpoints_go_to_checkpoint_dir_and_urls_are_checked(tiny, tmp_path):
+    step, stream, loop_cfg, seed = tiny
+    cfg = dataclasses.replace(loop_cfg, workdir=str(tmp_path / "run"), checkpoint_dir=str(tmp_path / "elsewhere"),
+                              total_steps=2, checkpoint_every=2)
+    loop.train(step, stream, cfg, seed)
+    assert Checkpoints(tmp_path / "elsewhere").latest_step() == 2
+    assert not (tmp_path / "run" / "checkpoints").exists() and (tmp_path / "run" / "metrics.jsonl").is_file()
+
+    run.validate(_cfg(tmp_path, checkpoint_dir="gs://bucket/run/checkpoints"))  # a pod's shared store
+    with pytest.raises(run.ConfigError, match=r"checkpoint_dir: 'ftp://host/x'"):
+        run.validate(_cfg(tmp_path, checkpoint_dir="ftp://host/x"))
+    with pytest.raises(run.ConfigError, match=r"workdir: 'gs://bucket/run'.*checkpoint_dir=gs://"):
+        run.validate(_cfg("gs://bucket/run"))

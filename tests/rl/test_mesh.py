@@ -1,37 +1,26 @@
-"""The A2C step on (data, fsdp, tensor) meshes of 8 fake CPU devices: three mesh shapes give the
-update of one device, every parameter and Adam moment lies as the logical rules say, and a
+"""The whole VLRM step (rollout, ITM + reference-LM reward with host retokenisation, value and
+policy passes in 2 micro-batches) on (data, fsdp, tensor) meshes of 8 fake CPU devices: four mesh
+shapes give the updates of one device, step after step, every parameter and Adam moment lies as the logical rules say, and a
 checkpoint saved on one mesh restores onto another shape and device count and goes on identically."""
 import jax
 import numpy as np
 import pytest
 from flax import nnx
 
-from tests.rl.test_step import _snapshot, _value_net, vlrm_scorer  # noqa: F401 - the fixture
-from tests.rl.test_step import ROLLOUT
-from tests.stacks import tiny_captioner, tiny_itm, tiny_pixels
+from tests.rl.tiny_steps import snapshot, vlrm_step
+from tests.stacks import tiny_pixels
 from vlrm_jax import sharding
 from vlrm_jax.models import build
 from vlrm_jax.rl.checkpoint import Checkpoints
 
-SHAPES = ((2, 2, 2), (1, 4, 2), (2, 1, 4))  # (data, fsdp, tensor); tensor 4 does not divide 2 heads
+# (data, fsdp, tensor): the default data-parallel mesh, then splits over fsdp and tensor (tensor 4
+# does not divide 2 heads)
+SHAPES = ((8, 1, 1), (2, 2, 2), (1, 4, 2), (2, 1, 4))
 PIXELS = tiny_pixels(16)
 
 
 def _mesh(shape, devices=None):
     return sharding.make_mesh(shape, devices=jax.devices()[:int(np.prod(shape))] if devices is None else devices)
-
-
-def _vlrm_step(scorer, mesh):
-    """The VLRM step of tests/rl/test_step.py, with its ITM kept (placed on the mesh in place)."""
-    from vlrm_jax.rl.config import A2CConfig
-    from vlrm_jax.rl.step import A2CStep
-
-    captioner = tiny_captioner()
-    itm = tiny_itm(trunk_of=captioner)
-    step = A2CStep(A2CConfig(micro_batches=2, learning_rate=1e-3, warmup_steps=2), captioner, _value_net(captioner),
-                   scorer, ROLLOUT, itm=itm, ref_lm=nnx.clone(captioner.language_model), mesh=mesh)
-    step.itm_module = itm
-    return step
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +30,7 @@ def run(vlrm_scorer):
 
     def get(shape):
         if shape not in done:
-            step = _vlrm_step(vlrm_scorer, None if shape is None else _mesh(shape))
+            step = vlrm_step(vlrm_scorer, None if shape is None else _mesh(shape))
             state = step.init_state(0)
             batch = step.shard_batch({"pixels": PIXELS})
             history = []
@@ -55,7 +44,7 @@ def run(vlrm_scorer):
 
 
 def _assert_same(a, b, history_a=None, history_b=None):
-    for x, y in zip(jax.tree.leaves(_snapshot(a)), jax.tree.leaves(_snapshot(b))):
+    for x, y in zip(jax.tree.leaves(snapshot(a)), jax.tree.leaves(snapshot(b))):
         np.testing.assert_allclose(y, x, rtol=1e-5, atol=1e-6)
     for m1, m2 in zip(history_a or [], history_b or []):
         for name in m1:
@@ -73,6 +62,8 @@ def test_mesh_shape_gives_the_single_device_update_with_parameters_laid_out_by_t
     step, state, history = run(shape)
     mesh = step.mesh
     _assert_same((single.policy, single.value), (state.policy, state.value), single_history, history)
+    assert step.vision_shared and step.ref_shared
+    assert history[0]["reward/bad"] >= 0 and history[0]["reward/ref"] < 0 and history[0]["update_ok"] == 1.0
 
     # every parameter of every model on the mesh where the rules put it; some really split
     split = {"fsdp": 0, "tensor": 0}
@@ -123,8 +114,8 @@ def test_spec_for_replicates_what_does_not_divide_and_never_reuses_an_axis():
         sharding.mesh_shape({"data": -1, "fsdp": 3, "tensor": 1}, 8)
 
 
-def test_checkpoint_restores_onto_another_mesh_shape_and_device_count(run, vlrm_scorer, tmp_path):
-    """Saved on 8 devices (2, 2, 2), restored onto 4 other devices (1, 2, 2) and onto one device:
+def test_checkpoint_restores_onto_another_mesh_shape_and_device_count(run, tmp_path):
+    """Saved on 8 devices (2, 2, 2), restored onto the (1, 4, 2) mesh and onto one device:
     the state is equal, laid out as the new step's template, and the next step matches the step
     the original mesh takes."""
     step8, state8, _ = run((2, 2, 2))
@@ -134,7 +125,7 @@ def test_checkpoint_restores_onto_another_mesh_shape_and_device_count(run, vlrm_
     batch8 = step8.shard_batch({"pixels": PIXELS})
     after8, metrics8, _ = step8.step(jax.tree.map(lambda x: x.copy(), state8), step8.frozen, batch8)
 
-    for step in (_vlrm_step(vlrm_scorer, _mesh((1, 2, 2), devices=jax.devices()[4:])), run(None)[0]):
+    for step in (run((1, 4, 2))[0], run(None)[0]):  # steps the shape tests compiled
         template = step.init_state(123)
         restored, record = ckpt.restore(template)
         assert record == {"step": 2}

@@ -1,5 +1,5 @@
-"""The A2C step on tiny pure-JAX stacks: any mesh and any micro-batch split give the same update,
-only the configured parameters move, frozen weights are held once, a non-finite update is
+"""The A2C step on tiny pure-JAX stacks (meshes: tests/rl/test_mesh.py): any micro-batch split gives
+the same update, only the configured parameters move, frozen weights are held once, a non-finite update is
 skipped, and every estimator raises a synthetic reward."""
 import dataclasses
 import re
@@ -10,79 +10,18 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from tests import factories as F
-from tests.stacks import VOCAB, tiny_captioner, tiny_itm, tiny_pixels
-from vlrm_jax import sharding
-from vlrm_jax.generate.config import GenerationConfig
+from tests.rl.tiny_steps import EOS, ROLLOUT, snapshot, value_net, vlrm_step
+from tests.stacks import tiny_captioner, tiny_itm, tiny_pixels
 from vlrm_jax.models.build import flat_params
-from vlrm_jax.models.value import ValueConfig, ValueNetwork
 from vlrm_jax.rl.config import A2CConfig
-from vlrm_jax.rl.scoring import TokenCountScorer, VlrmScorer
+from vlrm_jax.rl.scoring import TokenCountScorer
 from vlrm_jax.rl.step import A2CStep, device_bytes
-
-ROLLOUT = GenerationConfig.paper_rollout(max_new_tokens=8)
-VALUE = ValueConfig(lora_rank=2, head_layers=1, head_mlp_ratio=2)
-EOS = 2
-
-
-def _value_net(captioner, seed=1):
-    return ValueNetwork(VALUE, captioner.cfg.text, rngs=nnx.Rngs(seed))
-
-
-def _snapshot(tree):
-    return jax.tree.map(lambda x: np.array(x), tree)
-
-
-@pytest.fixture(scope="module")
-def vlrm_scorer(tmp_path_factory):
-    from transformers import AutoTokenizer
-
-    from vlrm_jax.rewards.reward import RewardConfig
-    from vlrm_jax.rewards.retokenize import Retokenizer
-
-    folder = tmp_path_factory.mktemp("rl_tok")
-    F.save_tiny_tokenizer(str(folder), vocab_size=VOCAB)
-    tok = AutoTokenizer.from_pretrained(folder)
-    retok = Retokenizer(tok, max_new_tokens=ROLLOUT.max_new_tokens, itm_tokenizer=tok, itm_max_length=12, eos_token_id=EOS)
-    return VlrmScorer(RewardConfig.vlrm(), retok, bos_token_id=EOS)
-
-
-def _vlrm_step(scorer, mesh, cfg=A2CConfig(micro_batches=2, learning_rate=1e-3, warmup_steps=2)):
-    captioner = tiny_captioner()
-    itm = tiny_itm(trunk_of=captioner)
-    ref_lm = nnx.clone(captioner.language_model)
-    return A2CStep(cfg, captioner, _value_net(captioner), scorer, ROLLOUT, itm=itm, ref_lm=ref_lm, mesh=mesh)
-
-
-def test_sharded_step_equals_single_device(vlrm_scorer):
-    """The whole VLRM step (rollout, ITM + reference-LM reward with host retokenisation, value
-    and policy passes in 2 micro-batches) on 8 devices equals one device, step after step."""
-    pixels = tiny_pixels(16)
-    results = []
-    for mesh in (None, sharding.make_mesh((8,), ("data",))):
-        step = _vlrm_step(vlrm_scorer, mesh)
-        assert step.vision_shared and step.ref_shared
-        state = step.init_state(0)
-        batch = step.shard_batch({"pixels": pixels})
-        history = []
-        for _ in range(2):
-            state, metrics, _ = step.step(state, step.frozen, batch)
-            history.append(jax.tree.map(float, metrics))
-        results.append((_snapshot((state.policy, state.value)), history))
-    (params1, hist1), (params8, hist8) = results
-    for a, b in zip(jax.tree.leaves(params1), jax.tree.leaves(params8)):
-        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
-    for m1, m8 in zip(hist1, hist8):
-        for name in m1:
-            np.testing.assert_allclose(m8[name], m1[name], rtol=1e-4, atol=1e-5, err_msg=name)
-    assert hist1[0]["reward/bad"] >= 0 and hist1[0]["reward/ref"] < 0 and hist1[0]["update_ok"] == 1.0
-
 
 @pytest.fixture(scope="module")
 def count_setup():
     """A step on the synthetic reward, one experience from it and the value of every token."""
     captioner = tiny_captioner()
-    step = A2CStep(A2CConfig(learning_rate=1e-3), captioner, _value_net(captioner), TokenCountScorer(20, EOS), ROLLOUT)
+    step = A2CStep(A2CConfig(learning_rate=1e-3), captioner, value_net(captioner), TokenCountScorer(20, EOS), ROLLOUT)
     state = step.init_state(0)
     exp, _, _ = step.experience(state, step.frozen, {"pixels": tiny_pixels(16)})
     rng = np.random.default_rng(0)
@@ -95,30 +34,29 @@ def test_micro_batches_give_the_full_batch_update_and_global_statistics(count_se
     mask = np.asarray(exp.mask)
     assert 0 < (mask.sum(1) < mask.shape[1]).sum() < len(mask)  # captions of different lengths
     updates = {}
-    for m in (1, 2, 4):
-        s = A2CStep(dataclasses.replace(step.cfg, micro_batches=m), captioner, _value_net(captioner),
+    for m in (1, 4):  # 4 micro-batches of 4 captions, each with its own padding
+        s = A2CStep(dataclasses.replace(step.cfg, micro_batches=m), captioner, value_net(captioner),
                     step.scorer, ROLLOUT)
         new, metrics = s.update(jax.tree.map(jnp.copy, state), s.frozen, exp)
-        updates[m] = (_snapshot((new.policy, new.value)), jax.tree.map(float, metrics))
+        updates[m] = (snapshot((new.policy, new.value)), jax.tree.map(float, metrics))
         values = np.asarray(s.values(state, s.frozen, exp))
         adv = (np.asarray(exp.returns) - values)[mask > 0].astype(np.float64)
         np.testing.assert_allclose(metrics["advantage/mean"], adv.mean(), rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(metrics["advantage/std"], adv.std(), rtol=1e-5)
         assert metrics["tokens"] == mask.sum()
-    for m in (2, 4):
-        for a, b in zip(jax.tree.leaves(updates[1][0]), jax.tree.leaves(updates[m][0])):
-            np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
-        for name in ("loss/policy", "loss/value", "grad_norm/policy", "grad_norm/value"):
-            np.testing.assert_allclose(updates[m][1][name], updates[1][1][name], rtol=1e-5, err_msg=name)
+    for a, b in zip(jax.tree.leaves(updates[1][0]), jax.tree.leaves(updates[4][0])):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
+    for name in ("loss/policy", "loss/value", "grad_norm/policy", "grad_norm/value"):
+        np.testing.assert_allclose(updates[4][1][name], updates[1][1][name], rtol=1e-5, err_msg=name)
 
 
 def test_nan_return_skips_the_update_bitwise(count_setup):
     _, step, state, exp = count_setup
     bad = dataclasses.replace(exp, returns=exp.returns.at[3, 0].set(jnp.nan))
-    before = _snapshot(state)
+    before = snapshot(state)
     new, metrics = step.update(jax.tree.map(jnp.copy, state), step.frozen, bad)
     assert not bool(metrics["update_ok"]) and int(new.skipped) == 1 and int(new.skipped_in_row) == 1
-    after = _snapshot(new)
+    after = snapshot(new)
     for name in ("policy", "value", "policy_opt", "value_opt"):
         for a, b in zip(jax.tree.leaves(getattr(before, name)), jax.tree.leaves(getattr(after, name))):
             np.testing.assert_array_equal(a, b)
@@ -128,17 +66,17 @@ def test_nan_return_skips_the_update_bitwise(count_setup):
 
 
 def test_only_configured_parameters_move_and_frozen_weights_are_arguments(vlrm_scorer):
-    step = _vlrm_step(vlrm_scorer, None)
+    step = vlrm_step(vlrm_scorer, None)
     state = step.init_state(0)
-    batch = step.shard_batch({"pixels": tiny_pixels(8)})
-    frozen_before = _snapshot(step.frozen)
-    trainable_before = _snapshot((state.policy, state.value))
+    batch = step.shard_batch({"pixels": tiny_pixels(16)})  # the shapes of test_mesh (a compile-cache hit)
+    frozen_before = snapshot(step.frozen)
+    trainable_before = snapshot((state.policy, state.value))
     text = step.step.lower(state, step.frozen, batch).as_text()
     new, _, _ = step.step(state, step.frozen, batch)
-    for a, b in zip(jax.tree.leaves(frozen_before), jax.tree.leaves(_snapshot(step.frozen))):
+    for a, b in zip(jax.tree.leaves(frozen_before), jax.tree.leaves(snapshot(step.frozen))):
         np.testing.assert_array_equal(a, b)  # still alive (not donated) and unchanged
     moved = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(trainable_before),
-                                                      jax.tree.leaves(_snapshot((new.policy, new.value))))]
+                                                      jax.tree.leaves(snapshot((new.policy, new.value))))]
     assert np.mean(moved) > 0.9  # (a few gradients are exactly zero, e.g. the Q-Former's key biases)
     names = {"/".join(map(str, p)).split("/")[0] for p, _ in nnx.to_flat_state(new.policy)}
     assert names == {"query_tokens", "qformer", "language_projection"}
@@ -150,7 +88,7 @@ def test_only_configured_parameters_move_and_frozen_weights_are_arguments(vlrm_s
 
 
 def test_frozen_weights_held_once_when_shared(vlrm_scorer):
-    shared = _vlrm_step(vlrm_scorer, None)
+    shared = vlrm_step(vlrm_scorer, None)
     assert shared.frozen.ref_lm is None  # the reference LM is the captioner's own OPT
     total, distinct = device_bytes(shared.frozen)
     itm_vit = sum(v.nbytes for p, v in flat_params(nnx.merge(shared.itm_graph, shared.frozen.itm)).items()
@@ -158,7 +96,7 @@ def test_frozen_weights_held_once_when_shared(vlrm_scorer):
     assert itm_vit > 0 and total - distinct == itm_vit
 
     captioner = tiny_captioner()
-    apart = A2CStep(A2CConfig(), captioner, _value_net(captioner), vlrm_scorer, ROLLOUT,
+    apart = A2CStep(A2CConfig(), captioner, value_net(captioner), vlrm_scorer, ROLLOUT,
                     itm=tiny_itm(), ref_lm=tiny_captioner(seed=5).language_model)
     assert not apart.vision_shared and not apart.ref_shared and apart.frozen.ref_lm is not None
     assert "differs" in apart.vision_report.reason
@@ -168,7 +106,7 @@ def test_frozen_weights_held_once_when_shared(vlrm_scorer):
 
 def test_bad_settings_fail_with_the_name():
     captioner = tiny_captioner()
-    net = _value_net(captioner)
+    net = value_net(captioner)
     scorer = TokenCountScorer(20, EOS)
     with pytest.raises(ValueError, match="no_repeat_ngram_size"):
         A2CStep(A2CConfig(), captioner, net, scorer, dataclasses.replace(ROLLOUT, no_repeat_ngram_size=2))
@@ -187,7 +125,7 @@ def test_each_estimator_raises_a_synthetic_reward(estimator):
     30 updates of the soft prompt alone must make it clearly more frequent."""
     captioner = tiny_captioner()
     cfg = A2CConfig(estimator=estimator, learning_rate=3e-2, warmup_steps=1, rloo_samples=2)
-    step = A2CStep(cfg, captioner, _value_net(captioner), TokenCountScorer(20, EOS), ROLLOUT)
+    step = A2CStep(cfg, captioner, value_net(captioner), TokenCountScorer(20, EOS), ROLLOUT)
     state = step.init_state(0)
     batch = step.shard_batch({"pixels": tiny_pixels(16 // cfg.samples_per_image)})
     rewards = []

@@ -235,10 +235,10 @@ def _valid_mask(tokens, eos: int):
     return (after == 0).astype(jnp.int32)
 
 
-def generate_from_embeds(model: Blip2Captioner, cfg: GenerationConfig, image_embeds, key=None) -> Rollout:
+def generate_from_vision_states(model: Blip2Captioner, cfg: GenerationConfig, vision_states, key=None) -> Rollout:
     """Decode from vision states (B, N, Dv), the ViT output after its final LayerNorm: a caller
     that already ran the ViT (or a trunk shared with the ITM, then `vision_model.head`) passes them."""
-    soft_prompt = model.soft_prompt(image_embeds)
+    soft_prompt = model.soft_prompt(vision_states)
     if cfg.num_beams > 1:
         return _beam_search(model, cfg, soft_prompt)
     if cfg.do_sample and key is None:
@@ -250,7 +250,7 @@ def generate_from_embeds(model: Blip2Captioner, cfg: GenerationConfig, image_emb
 def generate_jit(graphdef, cfg: GenerationConfig, state, pixel_values, key) -> Rollout:
     """The jitted entry point on a split module (graphdef static, state traced)."""
     model = nnx.merge(graphdef, state)
-    return generate_from_embeds(model, cfg, model.vision_model(pixel_values), key)
+    return generate_from_vision_states(model, cfg, model.vision_model(pixel_values), key)
 
 
 def generate(model: Blip2Captioner, pixel_values, cfg: GenerationConfig = GenerationConfig(), key=None) -> Rollout:

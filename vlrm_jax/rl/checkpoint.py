@@ -13,6 +13,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 
 def _flat(tree) -> dict[str, jax.Array]:
@@ -28,9 +29,17 @@ def _unflat(flat: dict, template):
     return jax.tree_util.tree_unflatten(treedef, [flat[jax.tree_util.keystr(p)] for p, _ in paths])
 
 
+def checkpoint_location(workdir: str | Path, checkpoint_dir: str = "") -> str:
+    """Where a run's checkpoints live: checkpoint_dir (a folder or a gs:// URL), else WORKDIR/checkpoints."""
+    if checkpoint_dir:
+        return checkpoint_dir if "://" in checkpoint_dir else str(Path(checkpoint_dir).absolute())
+    return str((Path(workdir) / "checkpoints").absolute())
+
+
 class Checkpoints:
     def __init__(self, directory: str | Path, keep: int = 3, asynchronous: bool = True):
-        self.directory = Path(directory).absolute()
+        # epath: a local folder or a gs:// URL alike
+        self.directory = epath.Path(directory if "://" in str(directory) else Path(directory).absolute())
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=asynchronous, create=True)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 

@@ -8,7 +8,10 @@ from vlrm_jax.sharding import DEFAULT_RULES
 
 def base_config() -> ConfigDict:
     c = ConfigDict()
-    c.workdir = "runs/vlrm"
+    c.workdir = "runs/vlrm"  # metrics, samples, TensorBoard, run config: a local or mounted folder
+    # "": WORKDIR/checkpoints. On a pod a gs:// URL every host reaches: orbax writes each host's
+    # shards there itself, and a job that comes back on another slice restores from it.
+    c.checkpoint_dir = ""
     c.seed = 0
     c.total_steps = 1000
     c.checkpoint_every = 50

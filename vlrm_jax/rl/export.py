@@ -17,21 +17,23 @@ from pathlib import Path
 
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import nnx
 
 from vlrm_jax.checkpoint import kinds
 from vlrm_jax.checkpoint import model_dir as md
 from vlrm_jax.models.build import flat_params
+from vlrm_jax.rl.checkpoint import checkpoint_location
 from vlrm_jax.rl.config import A2CConfig
 from vlrm_jax.rl.run import RUN_CONFIG
 from vlrm_jax.rl.trainable import split_trainable
 
 
-def _restore_flat(workdir: Path, step: int | None) -> tuple[int, dict]:
-    manager = ocp.CheckpointManager((workdir / "checkpoints").absolute())
+def _restore_flat(directory: str, step: int | None) -> tuple[int, dict]:
+    manager = ocp.CheckpointManager(epath.Path(directory))
     step = manager.latest_step() if step is None else step
     if step is None:
-        raise FileNotFoundError(f"{workdir}: no complete checkpoint")
+        raise FileNotFoundError(f"{directory}: no complete checkpoint")
     out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
     manager.close()
     return step, dict(out.state)
@@ -48,7 +50,8 @@ def export(workdir: str, dst: str, step: int | None = None, overwrite: bool = Fa
     captioner = Captioner.load(src)
     rules = A2CConfig(**record["config"]["a2c"]).policy_trainable
     _, trained, _ = split_trainable(captioner.module, rules, "policy")
-    step, flat = _restore_flat(workdir, step)
+    run_cfg = record["config"]
+    step, flat = _restore_flat(checkpoint_location(workdir, run_cfg.get("checkpoint_dir", "")), step)
     params = {p: np.asarray(v) for p, v in flat_params(captioner.module).items()}
     for path, _ in nnx.to_flat_state(trained):
         key = ".policy" + "".join(f"[{k!r}]" for k in path) + ".value"  # as checkpoint.py flattens TrainState

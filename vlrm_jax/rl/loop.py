@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from vlrm_jax import distributed
 from vlrm_jax.metrics import ScalarLog
-from vlrm_jax.rl.checkpoint import Checkpoints
+from vlrm_jax.rl.checkpoint import Checkpoints, checkpoint_location
 from vlrm_jax.rl.step import A2CStep
 from vlrm_jax.rl.state import TrainState
 
@@ -39,6 +39,7 @@ METRICS_FILE = "metrics.jsonl"
 class LoopConfig:
     workdir: str
     total_steps: int
+    checkpoint_dir: str = ""  # "": WORKDIR/checkpoints; a gs:// URL on pods
     checkpoint_every: int = 100
     log_every: int = 1
     keep_checkpoints: int = 3
@@ -175,7 +176,7 @@ def train(step: A2CStep, stream, cfg: LoopConfig, seed: int, hooks: Hooks = Hook
     """Run (or resume) to `cfg.total_steps`; returns the final state."""
     workdir = Path(cfg.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    checkpoints = Checkpoints(workdir / "checkpoints", keep=cfg.keep_checkpoints)
+    checkpoints = Checkpoints(checkpoint_location(cfg.workdir, cfg.checkpoint_dir), keep=cfg.keep_checkpoints)
     main = distributed.is_main()
     state = step.init_state(seed)
     data_state, skip_offset = None, {}

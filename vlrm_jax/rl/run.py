@@ -25,6 +25,7 @@ POSITIVE = ("total_steps", "checkpoint_every", "keep_checkpoints", "log_every", 
 NON_NEGATIVE = ("seed", "eval_every", "samples_every")
 REWARDS = ("vlrm", "vlrm_rs", "token_count")
 MODEL_SOURCES = ("folders", "random")
+CHECKPOINT_URLS = ("gs://",)  # what orbax's path layer (etils.epath) writes to besides local folders
 
 
 class ConfigError(ValueError):
@@ -92,7 +93,11 @@ def validate(cfg) -> dict:
                                         f"{split} devices (mesh {dict(zip(sharding.MESH_AXES, shape))})")
     if "://" in cfg.workdir:
         raise ConfigError("workdir", f"{cfg.workdir!r}: metrics, samples and TensorBoard are written through local "
-                                     "paths; use a local or mounted (NFS, gcsfuse) folder")
+                                     "paths; use a local or mounted (NFS, gcsfuse) folder, and "
+                                     "checkpoint_dir=gs://... for the checkpoints")
+    if "://" in cfg.checkpoint_dir and not cfg.checkpoint_dir.startswith(CHECKPOINT_URLS):
+        raise ConfigError("checkpoint_dir", f"{cfg.checkpoint_dir!r}: expected a folder or a URL starting with "
+                                            f"one of {CHECKPOINT_URLS}")
     if cfg.reward.kind not in REWARDS:
         raise ConfigError("reward.kind", f"{cfg.reward.kind!r}: expected one of {REWARDS}")
     if cfg.model.source not in MODEL_SOURCES:
@@ -347,7 +352,8 @@ def build(cfg):
     else:  # the source reads this process's part of the data (split by jax.process_index)
         source = open_training_source(cfg.data.source, cfg.seed, cfg.data.workers, cfg.data.min_side)
         stream = ImageStream(source, rows.stop - rows.start, size, clip.preprocess_config if clip is not None else None)
-    loop = LoopConfig(workdir=cfg.workdir, total_steps=cfg.total_steps, checkpoint_every=cfg.checkpoint_every,
+    loop = LoopConfig(workdir=cfg.workdir, checkpoint_dir=cfg.checkpoint_dir, total_steps=cfg.total_steps,
+                      checkpoint_every=cfg.checkpoint_every,
                       log_every=cfg.log_every, keep_checkpoints=cfg.keep_checkpoints,
                       max_skips_in_row=cfg.max_skips_in_row, samples_every=cfg.samples_every,
                       eval_every=cfg.eval_every)

@@ -26,7 +26,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from vlrm_jax import sharding as shd
 from vlrm_jax import sharing
 from vlrm_jax.generate.config import GenerationConfig
-from vlrm_jax.generate.search import generate_from_embeds
+from vlrm_jax.generate.search import generate_from_vision_states
 from vlrm_jax.models.blip2 import Blip2Captioner
 from vlrm_jax.models.opt import causal_mask, position_ids
 from vlrm_jax.models.value import ValueNetwork
@@ -190,7 +190,7 @@ class A2CStep:
             states, itm_states = repeat(states), repeat(itm_states)
             batch = {name: repeat(v) for name, v in batch.items()}
         key = jax.random.fold_in(state.key, state.step)
-        rollout = generate_from_embeds(cap, self.rollout_cfg, states, key)
+        rollout = generate_from_vision_states(cap, self.rollout_cfg, states, key)
         rollout = rollout._replace(tokens=self._pin(rollout.tokens, "batch", "length"),
                                    mask=self._pin(rollout.mask, "batch", "length"))
         out = self.scorer(models, rollout.tokens, itm_states, batch, self.mesh)
@@ -200,7 +200,7 @@ class A2CStep:
         baseline = None
         if self.cfg.estimator == "scst":
             greedy_cfg = dataclasses.replace(self.rollout_cfg, do_sample=False, temperature=1.0, top_k=None)
-            greedy = generate_from_embeds(cap, greedy_cfg, states)
+            greedy = generate_from_vision_states(cap, greedy_cfg, states)
             baseline = jnp.asarray(self.scorer(models, greedy.tokens, itm_states, batch, self.mesh).returns[:, 0], jnp.float32)
             metrics["baseline/mean"] = jnp.mean(baseline)
         elif self.cfg.estimator == "rloo":
