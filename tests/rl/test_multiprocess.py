@@ -42,16 +42,18 @@ def _two_processes(workdir, steps: int) -> list[str]:
                                "--config.distributed.timeout_s=120"],
                               cwd=REPO, env=four, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i in range(2)]
-    outs = []
+    results = []
     try:
-        for i, proc in enumerate(procs):
-            out, err = proc.communicate(timeout=600)
-            assert proc.returncode == 0, f"process {i} failed ({proc.returncode}):\n{err[-3000:]}"
-            outs.append(out)
+        for proc in procs:
+            results.append(proc.communicate(timeout=600))
     finally:
         for proc in procs:
             proc.kill()
-    return outs
+    # both processes' logs on a failure: the one that failed first is often not the one reported
+    failed = [f"process {i} ({proc.returncode}):\n{err[-2500:]}"
+              for i, (proc, (_, err)) in enumerate(zip(procs, results)) if proc.returncode != 0]
+    assert not failed, "\n".join(failed)
+    return [out for out, _ in results]
 
 
 def _assert_same_run(want_dir, got_dir):

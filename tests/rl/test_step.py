@@ -119,7 +119,9 @@ def test_bad_settings_fail_with_the_name():
         step.step(step.init_state(0), step.frozen, step.shard_batch({"pixels": tiny_pixels(8)}))
 
 
-@pytest.mark.parametrize("estimator", ["a2c", "scst", "rloo"])
+# the paper's A2C in `make test`; the two baselines of the ablation compile a step each (slow)
+@pytest.mark.parametrize("estimator", ["a2c", pytest.param("scst", marks=pytest.mark.slow),
+                                       pytest.param("rloo", marks=pytest.mark.slow)])
 def test_each_estimator_raises_a_synthetic_reward(estimator):
     """Reward = number of token 20 in the caption (the frozen OPT samples it now and then):
     30 updates of the soft prompt alone must make it clearly more frequent."""

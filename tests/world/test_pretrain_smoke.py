@@ -82,6 +82,7 @@ def test_clip_trains_on_what_its_folder_preprocessing_gives(first_run, smoke_cfg
                                   clip.pixel_values(list(world.train.images)))
 
 
+@pytest.mark.slow  # a second whole demo run (its evaluation compiles again)
 def test_second_run_reuses_every_stage_and_gives_the_same_results(first_run, smoke_cfg):
     workdir, summary = first_run
     again = demo.run(workdir, smoke_cfg, smoke=True)
@@ -89,6 +90,7 @@ def test_second_run_reuses_every_stage_and_gives_the_same_results(first_run, smo
     assert again["rows"] == summary["rows"]
 
 
+@pytest.mark.slow
 def test_changed_stage_retrains_itself_and_its_dependents(first_run, smoke_cfg, tmp_path):
     workdir, _ = first_run
     cfg = smoke_cfg.copy_and_resolve_references()
