@@ -43,29 +43,31 @@ SLICES = [
 
 
 def parameter_counts() -> dict[str, int]:
-    """Parameters of each part at the released shapes (transformers models on the meta device)."""
+    """Parameters of each part at the released shapes: transformers' models on the meta device,
+    the project's value network as an abstract (shape-only) module."""
+    import numpy as np
     import torch
+    from flax import nnx
     from transformers import Blip2ForConditionalGeneration, Blip2ForImageTextRetrieval
 
+    from convert import blip2 as blip2_conv
     from convert import released_shapes
-    from vlrm_jax.models.value import ValueConfig
+    from vlrm_jax.models import build
+    from vlrm_jax.models.value import ValueConfig, ValueNetwork
 
+    cap_hf = released_shapes.blip2_opt_2_7b()
     with torch.device("meta"):
-        cap = Blip2ForConditionalGeneration(released_shapes.blip2_opt_2_7b())
+        cap = Blip2ForConditionalGeneration(cap_hf)
         itm = Blip2ForImageTextRetrieval(released_shapes.blip2_itm_vit_g())
-    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-    opt = cap.language_model
-    d = opt.config.hidden_size
-    v = ValueConfig()
-    width = opt.config.word_embed_proj_dim
-    head = v.head_layers * (4 * width * width + 2 * width * v.head_mlp_ratio * width)
-    lora = opt.config.num_hidden_layers * len(v.lora_targets) * v.lora_rank * (d + d)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731 - the tied lm_head counts once
+    text_cfg = blip2_conv.config_from_hf_config(cap_hf).text
+    value = build.flat_params(build.abstract(lambda: ValueNetwork(ValueConfig(), text_cfg, rngs=nnx.Rngs(0))))
     return {
         "vit": count(cap.vision_model),
-        "opt": count(opt),  # parameters() lists the tied lm_head once
+        "opt": count(cap.language_model),
         "itm_qformer": count(itm) - count(itm.vision_model),
         "policy": count(cap.qformer) + cap.query_tokens.numel() + count(cap.language_projection),
-        "value": head + lora,
+        "value": sum(int(np.prod(v.shape)) for v in value.values()),
     }
 
 

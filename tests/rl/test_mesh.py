@@ -1,7 +1,8 @@
 """The whole VLRM step (rollout, ITM + reference-LM reward with host retokenisation, value and
 policy passes in 2 micro-batches) on (data, fsdp, tensor) meshes of 8 fake CPU devices: four mesh
-shapes give the updates of one device, step after step, every parameter and Adam moment lies as the logical rules say, and a
-checkpoint saved on one mesh restores onto another shape and device count and goes on identically."""
+shapes give the updates of one device, step after step, every parameter and Adam moment lies as
+the logical rules say, and a checkpoint saved on one mesh restores onto another shape and device
+count and goes on identically."""
 import jax
 import numpy as np
 import pytest
@@ -114,8 +115,8 @@ def test_spec_for_replicates_what_does_not_divide_and_never_reuses_an_axis():
         sharding.mesh_shape({"data": -1, "fsdp": 3, "tensor": 1}, 8)
 
 
-def test_checkpoint_restores_onto_another_mesh_shape_and_device_count(run, tmp_path):
-    """Saved on 8 devices (2, 2, 2), restored onto the (1, 4, 2) mesh and onto one device:
+def test_checkpoint_restores_onto_another_mesh_shape_and_device_count(run, vlrm_scorer, tmp_path):
+    """Saved on 8 devices (2, 2, 2), restored onto 4 other devices (1, 2, 2) and onto one device:
     the state is equal, laid out as the new step's template, and the next step matches the step
     the original mesh takes."""
     step8, state8, _ = run((2, 2, 2))
@@ -125,7 +126,7 @@ def test_checkpoint_restores_onto_another_mesh_shape_and_device_count(run, tmp_p
     batch8 = step8.shard_batch({"pixels": PIXELS})
     after8, metrics8, _ = step8.step(jax.tree.map(lambda x: x.copy(), state8), step8.frozen, batch8)
 
-    for step in (run((1, 4, 2))[0], run(None)[0]):  # steps the shape tests compiled
+    for step in (vlrm_step(vlrm_scorer, _mesh((1, 2, 2), devices=jax.devices()[4:])), run(None)[0]):
         template = step.init_state(123)
         restored, record = ckpt.restore(template)
         assert record == {"step": 2}

@@ -29,17 +29,20 @@ def _unflat(flat: dict, template):
     return jax.tree_util.tree_unflatten(treedef, [flat[jax.tree_util.keystr(p)] for p, _ in paths])
 
 
-def checkpoint_location(workdir: str | Path, checkpoint_dir: str = "") -> str:
-    """Where a run's checkpoints live: checkpoint_dir (a folder or a gs:// URL), else WORKDIR/checkpoints."""
-    if checkpoint_dir:
-        return checkpoint_dir if "://" in checkpoint_dir else str(Path(checkpoint_dir).absolute())
-    return str((Path(workdir) / "checkpoints").absolute())
+def is_url(path) -> bool:
+    return "://" in str(path)
+
+
+def checkpoint_location(workdir: str | Path, checkpoint_dir: str = "") -> epath.Path:
+    """Where a run's checkpoints live: checkpoint_dir (a folder or a gs:// URL), else WORKDIR/checkpoints;
+    a local folder made absolute, a URL as given (epath reads both alike)."""
+    where = checkpoint_dir or Path(workdir) / "checkpoints"
+    return epath.Path(where if is_url(where) else Path(where).absolute())
 
 
 class Checkpoints:
     def __init__(self, directory: str | Path, keep: int = 3, asynchronous: bool = True):
-        # epath: a local folder or a gs:// URL alike
-        self.directory = epath.Path(directory if "://" in str(directory) else Path(directory).absolute())
+        self.directory = checkpoint_location("", str(directory))
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=asynchronous, create=True)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import orbax.checkpoint as ocp
-from etils import epath
 from flax import nnx
 
 from vlrm_jax.checkpoint import kinds
@@ -29,8 +28,8 @@ from vlrm_jax.rl.run import RUN_CONFIG
 from vlrm_jax.rl.trainable import split_trainable
 
 
-def _restore_flat(directory: str, step: int | None) -> tuple[int, dict]:
-    manager = ocp.CheckpointManager(epath.Path(directory))
+def _restore_flat(directory, step: int | None) -> tuple[int, dict]:
+    manager = ocp.CheckpointManager(directory)
     step = manager.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f"{directory}: no complete checkpoint")
@@ -50,8 +49,7 @@ def export(workdir: str, dst: str, step: int | None = None, overwrite: bool = Fa
     captioner = Captioner.load(src)
     rules = A2CConfig(**record["config"]["a2c"]).policy_trainable
     _, trained, _ = split_trainable(captioner.module, rules, "policy")
-    run_cfg = record["config"]
-    step, flat = _restore_flat(checkpoint_location(workdir, run_cfg.get("checkpoint_dir", "")), step)
+    step, flat = _restore_flat(checkpoint_location(workdir, record["config"].get("checkpoint_dir", "")), step)
     params = {p: np.asarray(v) for p, v in flat_params(captioner.module).items()}
     for path, _ in nnx.to_flat_state(trained):
         key = ".policy" + "".join(f"[{k!r}]" for k in path) + ".value"  # as checkpoint.py flattens TrainState

@@ -18,6 +18,7 @@ import numpy as np
 from vlrm_jax import sharding
 from vlrm_jax.generate.config import GenerationConfig
 from vlrm_jax.models.value import ValueConfig
+from vlrm_jax.rl.checkpoint import is_url
 from vlrm_jax.rl.config import A2CConfig
 from vlrm_jax.rl.loop import Hooks, LoopConfig
 
@@ -91,11 +92,11 @@ def validate(cfg) -> dict:
     if rows % split:
         raise ConfigError("batch_size", f"a micro-batch of {rows} captions does not divide over data x fsdp = "
                                         f"{split} devices (mesh {dict(zip(sharding.MESH_AXES, shape))})")
-    if "://" in cfg.workdir:
+    if is_url(cfg.workdir):
         raise ConfigError("workdir", f"{cfg.workdir!r}: metrics, samples and TensorBoard are written through local "
                                      "paths; use a local or mounted (NFS, gcsfuse) folder, and "
                                      "checkpoint_dir=gs://... for the checkpoints")
-    if "://" in cfg.checkpoint_dir and not cfg.checkpoint_dir.startswith(CHECKPOINT_URLS):
+    if is_url(cfg.checkpoint_dir) and not cfg.checkpoint_dir.startswith(CHECKPOINT_URLS):
         raise ConfigError("checkpoint_dir", f"{cfg.checkpoint_dir!r}: expected a folder or a URL starting with "
                                             f"one of {CHECKPOINT_URLS}")
     if cfg.reward.kind not in REWARDS:
