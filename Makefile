@@ -5,7 +5,7 @@ PIP := $(VENV)/bin/pip
 # The torch build that lies on this machine's disk (open_clip needs torchvision beside it).
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install test test-slow test-gpu demo clean
+.PHONY: install test test-slow test-gpu demo test-world-asset clean
 
 install: $(VENV)/.installed
 
@@ -29,8 +29,8 @@ test: install
 test-slow: install
 	# end-to-end trials of main.py (kill and resume, SIGTERM): minutes each, run by CI after `make test`
 	$(TEST_ENV) $(PY) -m pytest -q -n 2 -m "slow and not gpu" --ignore tests/rl/test_multiprocess.py tests
-	# then the two-process runs alone: their two processes need the machine's two cores (beside the kill
-	# trials one of them once missed jax.distributed's shutdown barrier)
+	# then the two-process restart trial alone: its two processes need the machine's two cores (beside
+	# the kill trials one of them once missed jax.distributed's shutdown barrier)
 	$(TEST_ENV) $(PY) -m pytest -q -m "slow and not gpu" tests/rl/test_multiprocess.py
 
 test-gpu: install
@@ -39,6 +39,13 @@ test-gpu: install
 
 demo: install
 	$(PY) -m vlrm_jax.world.demo --workdir runs/shapes
+
+# The demo's pre-trained models that tests/world/test_rl_direction.py trains VLRM from (6 MB):
+# refresh after a change to configs/shapes.py's pre-training and a `make demo`.
+WORLD_ASSET := tests/assets/shapes_world/models
+test-world-asset:
+	rm -rf $(WORLD_ASSET) && mkdir -p $(WORLD_ASSET)
+	cp -r runs/shapes/models/captioner runs/shapes/models/itm runs/shapes/models/reference_lm $(WORLD_ASSET)/
 
 clean:
 	rm -rf $(VENV) runs .cache

@@ -14,6 +14,9 @@ tests/rl/torch_reference.py (peft LoRA on a copy of the OPT, a head of transform
 `OPTDecoderLayer`s), the policy through Q-Former / query tokens / projection and the frozen OPT
 with autograd, both over the same micro-batches, then torch Adam with the joint norm clip.
 VLRM-RS adds open_clip's image and text towers to both sides (and drops the reference LM).
+The two differ in one way of computing: JAX's policy pass takes p_k from the logits of the
+rollout's recorded top-k support only (`A2CConfig.support_only`), the composite from the whole
+vocabulary's; the check below finds the same losses.
 
 Before any timing the composite scores the JAX step's first rollout and computes its losses on
 it: returns and both losses must equal the JAX step's (that is what makes the comparison fair).
@@ -47,6 +50,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
+from vlrm_jax.rl.step import SUPPORT_SLACK  # noqa: E402
 
 ITM_TEXT_LENGTH = 64
 
@@ -579,10 +584,13 @@ def _layer(tokens, ctx, d, f):
     return tokens * (2 * (4 * d * d + 2 * d * f) + 4 * ctx * d)
 
 
-def caption_flops(cap_cfg, itm_cfg, value_cfg, new_tokens: int, variant: str, clip_cfg=None) -> dict:
+def caption_flops(cap_cfg, itm_cfg, value_cfg, new_tokens: int, variant: str, clip_cfg=None,
+                  top_k: int = 6) -> dict:
     """Model FLOPs of one caption's share of the step, by stage (no rematerialisation counted).
     Backward through a frozen network: activation gradients only, 1x its forward; through a
-    trained one: activation and weight gradients, 2x. Attention context = the mean prefix length."""
+    trained one: activation and weight gradients, 2x. Attention context = the mean prefix length.
+    The policy pass needs the output projection only onto the rollout's top-k support (p_k under
+    the sampling distribution; the rollout already projected onto the whole vocabulary)."""
     v, qf, t = cap_cfg.vision_config, cap_cfg.qformer_config, cap_cfg.text_config
     q, n_new = cap_cfg.num_query_tokens, new_tokens
     patches = (v.image_size // v.patch_size) ** 2
@@ -614,7 +622,7 @@ def caption_flops(cap_cfg, itm_cfg, value_cfg, new_tokens: int, variant: str, cl
         "itm": qformer(itm_cfg.qformer_config, ITM_TEXT_LENGTH),
         "reference_lm": layers * _layer(n_new + 1, (n_new + 1) / 2, d, f) + lm_head if variant == "vlrm" else 0,
         "value": 2 * lm + 3 * (head + lora),
-        "policy": 2 * (lm + lm_head) + 3 * soft,
+        "policy": 2 * (lm + 2 * d * (SUPPORT_SLACK * top_k + 1) * n_new) + 3 * soft,
     }
     if variant == "vlrm_rs" and clip_cfg is not None:
         cv, ct = clip_cfg["vision_cfg"], clip_cfg["text_cfg"]

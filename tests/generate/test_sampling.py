@@ -31,16 +31,25 @@ def test_same_seed_same_samples_and_different_seed_differs(cap):
     assert not np.array_equal(a, cap.generate(pixels, seed=8, **kw))
 
 
-def test_every_sampled_token_is_in_the_top_k(cap):
+def test_every_sampled_token_is_in_the_top_k_and_the_recorded_support(cap):
     pixels = F.random_pixels(6, seed=2)
     k = 3
-    out = cap.rollout(pixels, seed=3, do_sample=True, top_k=k, temperature=2.0, max_new_tokens=10)
+    out = cap.rollout(pixels, seed=3, do_sample=True, top_k=k, temperature=2.0, max_new_tokens=10, support_size=2 * k)
+    plain = cap.rollout(pixels, seed=3, do_sample=True, top_k=k, temperature=2.0, max_new_tokens=10)
+    np.testing.assert_array_equal(out.tokens, plain.tokens)  # recording the support changes no draw
+    assert plain.support is None and out.support.shape == (6, 10, 2 * k)
     ids = np.concatenate([np.full((6, 1), cap.config.text.bos_token_id), out.tokens], 1)
     logits = cap.logits(pixels, ids)[:, :-1]
     kth = np.sort(logits, -1)[..., -k][..., None]
     chosen = np.take_along_axis(logits, out.tokens[..., None], -1)
     valid = out.mask.astype(bool)
     assert np.all(chosen[valid] >= kth[valid] - 1e-5)
+    # the support: the k ids at or above the k-th score (no ties here), the token among them, -1 after the end
+    kept = out.support >= 0
+    assert np.all(kept.sum(-1)[valid] == k) and not kept[~valid].any()
+    picked = np.take_along_axis(logits, np.maximum(out.support, 0), -1)
+    assert np.all(picked[kept] >= np.broadcast_to(kth, picked.shape)[kept] - 1e-5)
+    assert np.all(np.any(out.support == out.tokens[..., None], -1)[valid])
     # log-probs are those of the unprocessed model distribution
     np.testing.assert_allclose(out.logprobs[valid], np.take_along_axis(_log_softmax(logits), out.tokens[..., None], -1)[..., 0][valid], atol=1e-4)
 

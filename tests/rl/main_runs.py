@@ -14,9 +14,13 @@ ARGS = ["--config=configs/tiny.py", f"--config.total_steps={STEPS}", "--config.c
 TIMING = ("time/step_s", "time/captions_per_s")
 
 
-def env():
+def env(devices: int = 8):
+    """The test run's environment for a main.py subprocess with `devices` CPU devices: the XLA
+    flags `make test` sets (compile-time savings) kept, the device count replaced."""
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+             if not f.startswith("--xla_force_host_platform_device_count")]
     return dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu",
-                XLA_FLAGS="--xla_force_host_platform_device_count=8")
+                XLA_FLAGS=" ".join(flags + [f"--xla_force_host_platform_device_count={devices}"]))
 
 
 def main(workdir, *extra, check=True):

@@ -50,6 +50,7 @@ def test_sigterm_checkpoints_and_exits_zero(tmp_path):
 @pytest.mark.parametrize("arg,key", [("--config.nonsense=1", "nonsense"), ("--config.total_steps=abc", "total_steps"),
                                      ("--config.batch_size=12", "batch_size"), ("--config.a2c.prob=soft", "a2c.prob"),
                                      ("--config.rollout.top_k=0", "rollout.top_k"),
+                                     ("--config.reward.weights.sim=-1.0", "reward.weights.sim"),
                                      ("--config.model.source=folders", "model.captioner")])
 def test_bad_config_exits_2_naming_the_key(tmp_path, arg, key):
     proc = main(tmp_path, arg, check=False)

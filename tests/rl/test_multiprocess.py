@@ -1,8 +1,8 @@
 """Two processes, one run: main.py on the tiny config as 2 jax.distributed processes of 4 CPU
 devices each (collectives over localhost through gloo) takes the steps one process on 8 devices
-takes: the same metrics and the same parameters (slow: three runs of compiling processes on 2
-cores take minutes). The second trial also stops the pair after a
-checkpoint and restarts it, so every process restores its part of the state and its data position.
+takes: the same metrics and the same parameters. The second trial (slow: two more pairs of
+compiling processes) also stops the pair after a checkpoint and restarts it, so every process
+restores its part of the state and its data position.
 """
 import socket
 import subprocess
@@ -34,7 +34,7 @@ def _one_process(workdir, steps: int) -> None:
 def _two_processes(workdir, steps: int) -> list[str]:
     """Both processes of one run; returns their stdout (process 0 alone prints the summary)."""
     port = _free_port()
-    four = dict(env(), XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    four = env(devices=4)
     procs = [subprocess.Popen([sys.executable, "main.py", *STEPS, f"--config.total_steps={steps}",
                                f"--config.workdir={workdir}", "--config.distributed.enabled=True",
                                f"--config.distributed.coordinator_address=localhost:{port}",
@@ -80,7 +80,6 @@ def one_process_run(tmp_path_factory):
     return workdir
 
 
-@pytest.mark.slow
 def test_two_processes_take_the_steps_of_one(one_process_run, tmp_path):
     outs = _two_processes(tmp_path, 4)
     assert "stopped at step 4 of 4" in outs[0] and "stopped at step" not in outs[1]  # process 0 reports

@@ -19,6 +19,9 @@ class GenerationConfig:
     num_return_sequences: int = 1
     # Benchmarks: never stop on EOS, always generate max_new_tokens (transformers: eos_token_id=None).
     ignore_eos: bool = False
+    # Top-k sampling only: also return, per step, the ids of the support_size best scores, -1 for
+    # those top-k dropped (Rollout.support). A trainer then scores p_k on them alone.
+    support_size: int = 0
 
     @classmethod
     def paper_inference(cls, **overrides) -> "GenerationConfig":
@@ -58,5 +61,8 @@ class GenerationConfig:
             bad("no_repeat_ngram_size", "must be >= 0")
         if not 1 <= self.num_return_sequences <= self.num_beams and not (self.do_sample or self.num_beams == 1):
             bad("num_return_sequences", "must be between 1 and num_beams")
+        if self.support_size and not (self.do_sample and self.num_beams == 1 and self.top_k is not None
+                                      and self.support_size >= self.top_k):
+            bad("support_size", "needs top-k sampling (do_sample, num_beams=1, top_k set) and must be >= top_k")
         if self.num_beams == 1 and not self.do_sample and self.num_return_sequences != 1:
             bad("num_return_sequences", "greedy search returns one sequence per input")

@@ -29,19 +29,23 @@ class Rollout(NamedTuple):
     """What `generate` returns. tokens (R, N) with R = B * num_return_sequences, N = max_new_tokens;
     mask (R, N): 1 for generated tokens up to and including EOS; logprobs (R, N): log-probability of
     each chosen token under the model's unprocessed distribution (0 where mask is 0);
-    finished (R,): ended with EOS (False = hit the length limit); scores: beam scores (R,) or None."""
+    finished (R,): ended with EOS (False = hit the length limit); scores: beam scores (R,) or None;
+    support (R, N, S) with GenerationConfig.support_size = S: the ids each step's top-k kept among
+    its S best scores, -1 for the others and after the end, else None."""
 
     tokens: jax.Array
     mask: jax.Array
     logprobs: jax.Array
     finished: jax.Array
     scores: jax.Array | None = None
+    support: jax.Array | None = None
 
 
 @struct.dataclass
 class SampleState:
     """The greedy / sampling loop's state: step k, the next token's logits, the KV cache, prompt
-    ids then tokens so far (history), and per row finished, log-probabilities and mask."""
+    ids then tokens so far (history), and per row finished, log-probabilities, mask and the
+    sampling support (R, N, support_size)."""
 
     k: jax.Array
     logits: jax.Array
@@ -50,6 +54,7 @@ class SampleState:
     finished: jax.Array
     logprobs: jax.Array
     mask: jax.Array
+    support: jax.Array
 
 
 @struct.dataclass
@@ -96,7 +101,7 @@ def _greedy_or_sample(model: Blip2Captioner, cfg: GenerationConfig, soft_prompt,
     init = SampleState(
         k=jnp.int32(0), logits=logits, cache=cache, history=history,
         finished=jnp.zeros((rows,), bool), logprobs=jnp.zeros((rows, n), jnp.float32),
-        mask=jnp.zeros((rows, n), jnp.int32),
+        mask=jnp.zeros((rows, n), jnp.int32), support=jnp.full((rows, n, cfg.support_size), -1, jnp.int32),
     )
 
     def cond(s: SampleState):
@@ -105,12 +110,18 @@ def _greedy_or_sample(model: Blip2Captioner, cfg: GenerationConfig, soft_prompt,
     def body(s: SampleState) -> SampleState:
         k = s.k
         scores = _processed(cfg, s.logits, s.history, p + k, k, eos)
+        live = ~s.finished
+        support = s.support
         if cfg.do_sample:
-            scores = proc.top_p(proc.top_k(proc.temperature(scores, cfg.temperature), cfg.top_k), cfg.top_p)
+            tempered = proc.temperature(scores, cfg.temperature)
+            scores = proc.top_p(proc.top_k(tempered, cfg.top_k), cfg.top_p)
             token = sampling.categorical(jax.random.fold_in(key, k), scores)
+            if cfg.support_size:
+                best, ids = jax.lax.top_k(tempered, cfg.support_size)
+                kept = (best >= sampling.kth_largest(tempered, cfg.top_k)) & live[:, None]
+                support = support.at[:, k].set(jnp.where(kept, ids, -1))
         else:
             token = jnp.argmax(scores, axis=-1)
-        live = ~s.finished
         token = jnp.where(live, token, pad).astype(jnp.int32)
         logp = ops.token_logprob(s.logits, token)
         logits, cache = step(model, s.cache, token, p + k, layers)
@@ -119,11 +130,12 @@ def _greedy_or_sample(model: Blip2Captioner, cfg: GenerationConfig, soft_prompt,
             history=s.history.at[:, p + k].set(token),
             finished=s.finished | (token == eos),
             logprobs=s.logprobs.at[:, k].set(jnp.where(live, logp, 0.0)),
-            mask=s.mask.at[:, k].set(live.astype(jnp.int32)),
+            mask=s.mask.at[:, k].set(live.astype(jnp.int32)), support=support,
         )
 
     s = jax.lax.while_loop(cond, body, init)
-    return Rollout(s.history[:, p:], s.mask, s.logprobs, s.finished)
+    return Rollout(s.history[:, p:], s.mask, s.logprobs, s.finished,
+                   support=s.support if cfg.support_size else None)
 
 
 def _penalty_table(cfg: GenerationConfig, longest: int) -> jnp.ndarray:

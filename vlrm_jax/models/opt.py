@@ -206,6 +206,13 @@ class OPTForCausalLM(nnx.Module):
         """Tied output projection; logits in fp32."""
         return self.embed_tokens.attend(hidden).astype(jnp.float32)
 
+    def lm_logits_at(self, hidden, ids):
+        """The logits `lm_head` gives at the vocabulary ids (..., S) only, in fp32: hidden (..., E).
+        S rows of the embedding per position instead of all of them."""
+        hidden, table = self.embed_tokens.promote_dtype((hidden, self.embed_tokens.embedding[...]),
+                                                        dtype=self.embed_tokens.dtype)
+        return jnp.einsum("...e,...se->...s", hidden, table[ids]).astype(jnp.float32)
+
     def __call__(self, input_ids, attention_mask=None, lora: LoRAWeights | None = None):
         """Full forward like transformers' OPTForCausalLM: (B, T) ids -> (B, T, V) logits."""
         if attention_mask is None:

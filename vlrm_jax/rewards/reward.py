@@ -25,12 +25,12 @@ class RewardConfig:
     rs_weight: float = 0.0  # weight of Phi inside sim; the paper's VLRM-RS uses 0.3
 
     @classmethod
-    def vlrm(cls) -> "RewardConfig":
-        return cls()
+    def vlrm(cls, sim_weight: float = 1.0) -> "RewardConfig":
+        return cls(weights=RewardWeights(sim=sim_weight))
 
     @classmethod
-    def vlrm_rs(cls) -> "RewardConfig":
-        return cls(weights=RewardWeights(ref=0.0), rs_weight=0.3)
+    def vlrm_rs(cls, sim_weight: float = 1.0, rs_weight: float = 0.3) -> "RewardConfig":
+        return cls(weights=RewardWeights(sim=sim_weight, ref=0.0), rs_weight=rs_weight)
 
 
 @dataclasses.dataclass(frozen=True)

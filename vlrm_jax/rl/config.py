@@ -27,6 +27,9 @@ class A2CConfig:
     # (temperature, then top-k renormalised), under the tempered softmax, or under the raw softmax.
     prob: str = "sampled"
     objective: str = "prob"  # the paper's L_p = -mean p_k M_k; "logprob": -mean log p_k M_k
+    # prob="sampled" with top-k: p_k from the logits of the ids the rollout's top-k kept (it records
+    # them), not from the whole vocabulary. The same p_k; False projects onto every id (reference).
+    support_only: bool = True
     micro_batches: int = 1
     learning_rate: float = 1e-5
     warmup_steps: int = 20

@@ -37,8 +37,10 @@ def base_config() -> ConfigDict:
     c.model = ConfigDict(dict(source="folders", captioner="", itm="", ref_lm="", clip="", dtype="bfloat16"))
     c.rollout = ConfigDict(dict(max_new_tokens=60, top_k=6, temperature=2.0))
     # bad_phrases / exempt_words "": the lists shipped in vlrm_jax/assets; extra_exempt_words adds.
+    # weights: sim scales the ITM term (with Phi inside it for vlrm_rs), rs is Phi's weight
+    # inside sim (vlrm_rs only); the paper's 1 and 0.3. The other terms keep weight 1 (ref 0 for vlrm_rs).
     c.reward = ConfigDict(dict(kind="vlrm", target=0, bad_phrases="", exempt_words="", extra_exempt_words=(),
-                               itm_max_length=64))
+                               itm_max_length=64, weights=ConfigDict(dict(sim=1.0, rs=0.3))))
     c.a2c = ConfigDict(dict(estimator="a2c", prob="sampled", objective="prob", micro_batches=64, learning_rate=1e-5,
                             warmup_steps=20, clip_norm=1.0, clip_mode="joint"))
     c.value = ConfigDict(dict(lora_rank=16, lora_alpha=32.0, head="transformer", head_layers=3, head_mlp_ratio=6))

@@ -104,3 +104,24 @@ def token_stats(hidden, tokens, logits_fn: Callable, prob: str, temperature: flo
     _, (logp, entropy) = jax.lax.scan(body, None, (hs, ts))
     unchunk = lambda x: x.swapaxes(0, 1).reshape(b, n * chunk)[:, :t]  # noqa: E731
     return unchunk(logp), unchunk(entropy)
+
+
+def support_token_stats(hidden, tokens, support, logits_at: Callable, temperature: float):
+    """(log p_k, entropy) under the rollout's sampling distribution, from the logits of its support
+    only: support (B, T, S) holds the ids the rollout's top-k kept at each step (-1 padding), so
+    the sampling distribution is the softmax of those scores and every other id has probability 0.
+    The sampled token is scored beside them (it is always in the support, unless more than S
+    scores tied at the k-th; then it joins it, as `_chunk_stats` keeps it). Equal to
+    `token_stats(prob="sampled")` without projecting onto the whole vocabulary, forward or back."""
+    tokens = tokens.astype(support.dtype)
+    in_support = jnp.any(support == tokens[..., None], axis=-1)
+    ids = jnp.concatenate([support, tokens[..., None]], axis=-1)
+    valid = jnp.concatenate([support >= 0, ~in_support[..., None]], axis=-1)
+    scores = logits_at(hidden, jnp.maximum(ids, 0)) / temperature
+    chosen = scores[..., -1]
+    scores = jnp.where(valid, scores, NEG_INF)
+    logp_all = jax.nn.log_softmax(scores, axis=-1)
+    logp = chosen - jax.nn.logsumexp(scores, axis=-1)
+    p_all = jnp.exp(logp_all)
+    entropy = -jnp.sum(jnp.where(valid, p_all * logp_all, 0.0), axis=-1)
+    return logp, entropy

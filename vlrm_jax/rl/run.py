@@ -101,6 +101,10 @@ def validate(cfg) -> dict:
                                             f"one of {CHECKPOINT_URLS}")
     if cfg.reward.kind not in REWARDS:
         raise ConfigError("reward.kind", f"{cfg.reward.kind!r}: expected one of {REWARDS}")
+    for key in ("sim", "rs"):
+        weight = cfg.reward.weights[key]
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
+            raise ConfigError(f"reward.weights.{key}", f"expected a number >= 0, got {weight!r}")
     if cfg.model.source not in MODEL_SOURCES:
         raise ConfigError("model.source", f"{cfg.model.source!r}: expected one of {MODEL_SOURCES}")
     if cfg.model.source == "folders":
@@ -249,7 +253,9 @@ def _scorer(cfg, rollout, captioner, clip):
     text = captioner.module.cfg.text
     if cfg.reward.kind == "token_count":
         return TokenCountScorer(cfg.reward.target, text.eos_token_id)
-    reward = RewardConfig.vlrm() if cfg.reward.kind == "vlrm" else RewardConfig.vlrm_rs()
+    weights = cfg.reward.weights
+    reward = (RewardConfig.vlrm(weights.sim) if cfg.reward.kind == "vlrm"
+              else RewardConfig.vlrm_rs(weights.sim, weights.rs))
     retok = Retokenizer(captioner.tokenizer, rollout.max_new_tokens, rules=_rules(cfg.reward),
                         itm_tokenizer=AutoTokenizer.from_pretrained(cfg.model.itm),
                         itm_max_length=cfg.reward.itm_max_length,

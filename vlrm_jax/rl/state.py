@@ -22,6 +22,7 @@ class Experience:
     mask: jax.Array  # (R, T) int32: 1 for sampled tokens up to and including EOS
     returns: jax.Array  # (R, T) float32 per-token returns, 0 outside the mask
     baseline: jax.Array | None = None  # (R,) float32 for scst / rloo; None: the learned value
+    support: jax.Array | None = None  # (R, T, S) int32 sampling support per token (Rollout.support)
 
     @property
     def rows(self) -> int:

@@ -61,10 +61,22 @@ def _check_rollout(cfg: A2CConfig, rollout: GenerationConfig, scorer) -> None:
         raise ValueError(f"the reward's max_new_tokens ({limit}) differs from the rollout's ({rollout.max_new_tokens})")
 
 
+# Support ids kept per step: top_k plus room for scores tied at the k-th (bf16 logits tie often).
+SUPPORT_SLACK = 2
+
+
+def uses_support(cfg: A2CConfig, rollout: GenerationConfig, vocab_size: int) -> bool:
+    """Whether the policy pass scores p_k on the rollout's recorded top-k support."""
+    return (cfg.support_only and cfg.prob == "sampled" and rollout.top_k is not None
+            and rollout.top_k < vocab_size)
+
+
 class A2CStep:
     def __init__(self, cfg: A2CConfig, captioner: Blip2Captioner, value_net: ValueNetwork, scorer,
                  rollout: GenerationConfig, *, itm=None, ref_lm=None, clip=None, mesh=None, rules=shd.DEFAULT_RULES):
         _check_rollout(cfg, rollout, scorer)
+        if uses_support(cfg, rollout, captioner.cfg.text.vocab_size):
+            rollout = dataclasses.replace(rollout, support_size=SUPPORT_SLACK * rollout.top_k)
         needs = getattr(scorer, "needs", ())
         for name, model in (("itm", itm), ("ref_lm", ref_lm), ("clip", clip)):
             if name in needs and model is None:
@@ -199,7 +211,8 @@ class A2CStep:
         metrics["reward/mean"] = jnp.mean(returns[:, 0])  # a caption's whole reward is R at its first token
         baseline = None
         if self.cfg.estimator == "scst":
-            greedy_cfg = dataclasses.replace(self.rollout_cfg, do_sample=False, temperature=1.0, top_k=None)
+            greedy_cfg = dataclasses.replace(self.rollout_cfg, do_sample=False, temperature=1.0, top_k=None,
+                                             support_size=0)
             greedy = generate_from_vision_states(cap, greedy_cfg, states)
             baseline = jnp.asarray(self.scorer(models, greedy.tokens, itm_states, batch, self.mesh).returns[:, 0], jnp.float32)
             metrics["baseline/mean"] = jnp.mean(baseline)
@@ -210,8 +223,9 @@ class A2CStep:
         valid = rollout.mask.astype(jnp.float32)
         metrics["caption/length"] = jnp.mean(jnp.sum(valid, axis=1))
         metrics["caption/eos_rate"] = jnp.mean(rollout.finished.astype(jnp.float32))
+        support = None if rollout.support is None else self._pin(rollout.support, "batch", "length")
         exp = Experience(states, jax.lax.stop_gradient(cap.soft_prompt(states)), rollout.tokens,
-                         rollout.mask.astype(jnp.int32), returns, baseline)
+                         rollout.mask.astype(jnp.int32), returns, baseline, support)
         samples = {"tokens": rollout.tokens, "reward": returns[:, 0]}
         for name, part in out.parts.items():  # per caption: scalars as they are, token parts summed
             if name != "mask":
@@ -266,16 +280,19 @@ class A2CStep:
         """Gradient sums of -sum_k p_k M_k over micro-batches, with sums of p_k and entropy."""
         r = self.rollout_cfg
 
-        def loss(policy, states, tokens, mask, m_k):
+        def loss(policy, states, tokens, mask, m_k, support=None):
             cap = self._captioner(policy, frozen)
             soft = cap.soft_prompt(states)
             embeds, full_mask = caption_inputs(cap, soft, tokens, mask)
             lm = cap.language_model
             embeds = self._pin(embeds, "batch", "length", "act_embed")
             hidden, _ = lm.decode(embeds, position_ids(full_mask), causal_mask(full_mask), remat=self.cfg.remat)
-            hidden = self._pin(hidden, "batch", "length", "act_embed")
-            logp, entropy = losses.token_stats(hidden[:, soft.shape[1]:], tokens, lm.lm_head, self.cfg.prob,
-                                               r.temperature, r.top_k, self.cfg.logit_chunk)
+            hidden = self._pin(hidden, "batch", "length", "act_embed")[:, soft.shape[1]:]
+            if support is not None:
+                logp, entropy = losses.support_token_stats(hidden, tokens, support, lm.lm_logits_at, r.temperature)
+            else:
+                logp, entropy = losses.token_stats(hidden, tokens, lm.lm_head, self.cfg.prob, r.temperature,
+                                                   r.top_k, self.cfg.logit_chunk)
             p = jnp.exp(logp)
             valid = mask.astype(jnp.float32)
             total = losses.policy_loss_sum(p, logp, m_k, mask, self.cfg.objective)
@@ -289,7 +306,10 @@ class A2CStep:
             return (jax.tree.map(jnp.add, grads, g), sums + jnp.stack([l, *aux])), None
 
         zeros = (jax.tree.map(jnp.zeros_like, state.policy), jnp.zeros(3, jnp.float32))
-        xs = tuple(self._micro(x) for x in (exp.vision_states, exp.tokens, exp.mask, normalised))
+        inputs = (exp.vision_states, exp.tokens, exp.mask, normalised)
+        if exp.support is not None:
+            inputs += (exp.support,)
+        xs = tuple(self._micro(x) for x in inputs)
         (grads, sums), _ = jax.lax.scan(body, zeros, xs)
         return grads, sums
 
