@@ -745,7 +745,8 @@ def run_variant(args, variant: str, device: str) -> dict:
     b = shape["batch"]
     jax_s, torch_s = float(np.median(jax_times)), float(np.median(torch_times))
     cap_cfg, itm_cfg = setup.hf_cap.config, setup.hf_itm.config
-    flops = caption_flops(cap_cfg, itm_cfg, setup.value_cfg, shape["new_tokens"], variant, shape.get("clip"))
+    flops = caption_flops(cap_cfg, itm_cfg, setup.value_cfg, shape["new_tokens"], variant, shape.get("clip"),
+                          top_k=setup.rollout.top_k)
     row = dict(
         variant=variant, build_s=build_s, check=check,
         jax=dict(step_s=jax_s, step_s_all=jax_times, caps_s=b / jax_s, compile_s=max(first_jax - jax_s, 0.0)),

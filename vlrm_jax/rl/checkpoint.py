@@ -33,16 +33,19 @@ def is_url(path) -> bool:
     return "://" in str(path)
 
 
+def as_epath(path: str | Path) -> epath.Path:
+    """A local folder made absolute, a URL as given: epath reads both alike."""
+    return epath.Path(path if is_url(path) else Path(path).absolute())
+
+
 def checkpoint_location(workdir: str | Path, checkpoint_dir: str = "") -> epath.Path:
-    """Where a run's checkpoints live: checkpoint_dir (a folder or a gs:// URL), else WORKDIR/checkpoints;
-    a local folder made absolute, a URL as given (epath reads both alike)."""
-    where = checkpoint_dir or Path(workdir) / "checkpoints"
-    return epath.Path(where if is_url(where) else Path(where).absolute())
+    """Where a run's checkpoints live: checkpoint_dir (a folder or a gs:// URL), else WORKDIR/checkpoints."""
+    return as_epath(checkpoint_dir or Path(workdir) / "checkpoints")
 
 
 class Checkpoints:
     def __init__(self, directory: str | Path, keep: int = 3, asynchronous: bool = True):
-        self.directory = checkpoint_location("", str(directory))
+        self.directory = as_epath(directory)
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=asynchronous, create=True)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 

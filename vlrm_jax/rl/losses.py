@@ -120,8 +120,9 @@ def support_token_stats(hidden, tokens, support, logits_at: Callable, temperatur
     scores = logits_at(hidden, jnp.maximum(ids, 0)) / temperature
     chosen = scores[..., -1]
     scores = jnp.where(valid, scores, NEG_INF)
-    logp_all = jax.nn.log_softmax(scores, axis=-1)
-    logp = chosen - jax.nn.logsumexp(scores, axis=-1)
+    normaliser = jax.nn.logsumexp(scores, axis=-1, keepdims=True)
+    logp_all = scores - normaliser
+    logp = chosen - normaliser[..., 0]
     p_all = jnp.exp(logp_all)
     entropy = -jnp.sum(jnp.where(valid, p_all * logp_all, 0.0), axis=-1)
     return logp, entropy
