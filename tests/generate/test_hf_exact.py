@@ -15,6 +15,8 @@ CONFIGS = [
     dict(max_new_tokens=10, num_beams=4, length_penalty=0.6, num_return_sequences=2),
     dict(max_new_tokens=10, num_beams=3, early_stopping=True),
     dict(max_new_tokens=9, num_beams=3, early_stopping="never", length_penalty=1.5),
+    # past two of the beam loop's cache phases (search.PHASE_TOKENS)
+    dict(max_new_tokens=40, num_beams=4, no_repeat_ngram_size=3, min_new_tokens=18),
 ]
 
 

@@ -95,3 +95,21 @@ def test_sharded_over_eight_devices_equals_single_device(cap):
         out = distributed.rollout(sharding.shard_batch(pixels, mesh), seed=1, **kw)
         np.testing.assert_array_equal(out.tokens, single.tokens)
         np.testing.assert_allclose(out.logprobs, single.logprobs, atol=1e-5)
+
+
+@pytest.mark.parametrize("vocab", [50272, 448, 97])
+def test_row_top_k_equals_lax_top_k_with_ties_and_impossible_entries(vocab):
+    """The blocked top-k gives lax.top_k's values and ids, ties in id order (97 has no block size
+    and takes the fallback)."""
+    from vlrm_jax.generate.sampling import row_top_k
+
+    x = np.random.default_rng(vocab).normal(size=(12, vocab)).astype(np.float32)
+    x[:, 5::7] = np.round(x[:, 5::7], 1)  # many ties, also across blocks
+    x[1] = 0.5  # a row of equal values
+    x[2, 30:] = -np.inf  # fewer finite entries than blocks
+    x[3, [7, vocab - 3]] = 9.0  # the best pair in the first and the last block
+    for k in (1, 6, 10):
+        want = jax.lax.top_k(x, k)
+        got = jax.jit(row_top_k, static_argnums=1)(x, k)
+        np.testing.assert_array_equal(np.asarray(got[0]), np.asarray(want[0]))
+        np.testing.assert_array_equal(np.asarray(got[1]), np.asarray(want[1]))

@@ -106,19 +106,25 @@ def param(rngs: nnx.Rngs, shape: Sequence[int], axes: tuple, dtype=jnp.float32, 
 
 def attention(q: Array, k: Array, v: Array, mask: Array | None, scale: float, heads_first_kv: bool = False) -> Array:
     """Softmax attention with heads: q (B, Tq, H, D), k/v (B, Tk, H, D) or, with heads_first_kv,
-    (B, H, Tk, D) (a KV cache kept in the layout the score and output products read without a
-    transpose), mask broadcastable to (B, H, Tq, Tk), True where attending is allowed.
+    k (B, H, D, Tk) and v (B, H, Tk, D) (a KV cache kept in the layout the score and output
+    products read without a transpose), mask broadcastable to (B, H, Tq, Tk), True where
+    attending is allowed.
 
     Masked scores take the dtype's most negative finite value, as transformers does, so a row with
     no allowed key (a left-padding position) gives finite values instead of NaN; such rows never
     feed a valid position. Scores and softmax run in fp32 whatever the compute dtype.
     """
-    kv = "bhkd" if heads_first_kv else "bkhd"
-    scores = jnp.einsum(f"bqhd,{kv}->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+    keys = "bhdk" if heads_first_kv else "bkhd"
+    scores = jnp.einsum(f"bqhd,{keys}->bhqk", q, k, preferred_element_type=jnp.float32) * scale
     if mask is not None:
         scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    return jnp.einsum(f"bhqk,{kv}->bqhd", weights, v)
+    if heads_first_kv:
+        # a batched (q, k) @ (k, d) product, then the small output transposed: asked for bqhd
+        # directly, XLA's CPU backend contracts the values as a transposed operand, twice as slow
+        # (measured on a beam-search cache; the same values)
+        return jnp.einsum("bhqk,bhkd->bhqd", weights, v).transpose(0, 2, 1, 3)
+    return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
 
 
 def split_heads(x: Array, num_heads: int) -> Array:
