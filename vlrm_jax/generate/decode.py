@@ -1,8 +1,10 @@
 """Prefill and single-token steps of the captioner's OPT over a KV cache.
 
 Slots 0..P-1 of the cache hold the prompt (P = num_query_tokens + 1: the image soft prompt then
-BOS, as transformers' BLIP2 generate builds it); the k-th new token is fed at slot P + k. The
-prompt has no padding, so a token's position id is its slot.
+BOS, as transformers' BLIP2 generate builds it). With `step`, one row per sequence, the k-th new
+token is fed at slot P + k; the prompt has no padding, so a token's position id is its slot. With
+`beams_step`, one row per image shared by its beams, the k-th tokens of the beams take slots
+P + k * num_beams onwards, all at position P + k.
 
 A decode loop takes `unrolled_layers(model)` once, before the loop, and passes them to every
 `step`: XLA does not hoist slices of the stacked layer weights out of a while loop, so slicing
@@ -61,3 +63,24 @@ def step(model: Blip2Captioner, cache: KVCache, tokens, slot, layers: list | Non
     positions = jnp.full((tokens.shape[0], 1), slot, jnp.int32)
     hidden, cache = lm.decode(embeds, positions, mask, cache, slot, layers=layers)
     return lm.lm_head(hidden[:, 0]), cache
+
+
+def beams_step(model: Blip2Captioner, cache: KVCache, tokens, k, lineage, layers: list):
+    """Feed the k-th new token of every beam: tokens (B, nb) -> (fp32 logits (B * nb, V), cache);
+    lineage (B, nb, >= k + 1): the beam slot that holds each beam's j-th token.
+
+    The cache has one row per image: the prompt at slots 0..P-1, then the j-th new token of beam
+    slot m at P + j * nb + m, written once and never moved. An image's beams enter as nb query
+    positions of its row (all at position P + k), and each one's mask lets it see the prompt and,
+    for every j <= k, the slot its lineage names. When beams are reordered only the small lineage
+    table is gathered, where a cache per beam would be copied whole every step; the extra scores
+    against other beams' slots cost nb times the attention products, a few percent of a step."""
+    b, nb = tokens.shape
+    p = prompt_length(model)
+    n = (cache.length - p) // nb  # new tokens this cache holds
+    lm = model.language_model
+    own = (lineage[..., :n, None] == jnp.arange(nb)) & (jnp.arange(n) <= k)[:, None]  # (B, nb, n, nb)
+    mask = jnp.concatenate([jnp.ones((b, nb, p), bool), own.reshape(b, nb, n * nb)], axis=-1)[:, None]
+    positions = jnp.full((b, nb), p + k, jnp.int32)
+    hidden, cache = lm.decode(lm.embed(tokens), positions, mask, cache, p + k * nb, layers=layers)
+    return lm.lm_head(hidden).reshape(b * nb, -1), cache

@@ -18,7 +18,7 @@ import vlrm_jax.generate.processors as proc
 from vlrm_jax import ops
 from vlrm_jax.generate import sampling
 from vlrm_jax.generate.config import GenerationConfig
-from vlrm_jax.generate.decode import prefill, prompt_ids, prompt_length, step, unrolled_layers
+from vlrm_jax.generate.decode import beams_step, prefill, prompt_ids, prompt_length, step, unrolled_layers
 from vlrm_jax.models.blip2 import Blip2Captioner
 from vlrm_jax.models.opt import KVCache
 
@@ -67,7 +67,7 @@ class BeamState:
     per-token log-probabilities, the finished hypotheses (sequences, beam_scores, seq_logp,
     finished), which batch rows are still open, whether the last step stopped every beam, and
     each running beam's lineage (batch, beams, max_new_tokens): the beam slot that holds the cache
-    entry of its j-th token (`_beams_step`). The cache has one row per image."""
+    entry of its j-th token (`decode.beams_step`). The cache has one row per image."""
 
     cur: jax.Array
     logits: jax.Array
@@ -171,7 +171,7 @@ def _beam_search(model: Blip2Captioner, cfg: GenerationConfig, soft_prompt):
 
     layers = unrolled_layers(model)
     # One cache row per image, not per beam: the prompt once, then room for every beam's tokens
-    # (see `_beams_step`), so a beam taking another's history never copies a cache.
+    # (see `decode.beams_step`), so a beam taking another's history never copies a cache.
     ends = _phase_ends(n - 1)  # the cache holds the fed tokens, all but the last
     logits, cache = prefill(model, soft_prompt, ends[0] * nb, layers)
     logits = jnp.repeat(logits, nb, axis=0)  # every beam starts from the same prompt
@@ -255,7 +255,7 @@ def _beam_search(model: Blip2Captioner, cfg: GenerationConfig, soft_prompt):
         """choose, then feed the chosen tokens for the next step's logits."""
         s = choose(s)
         k = s.cur - 1 - p
-        logits, cache = _beams_step(model, s.cache, s.running[:, :, s.cur - 1], p, k, s.lineage, layers)
+        logits, cache = beams_step(model, s.cache, s.running[:, :, s.cur - 1], k, s.lineage, layers)
         return s.replace(logits=logits, cache=cache)
 
     # The loop runs in phases whose caches end where the phase's tokens end: every step reads its
@@ -278,25 +278,6 @@ def _beam_search(model: Blip2Captioner, cfg: GenerationConfig, soft_prompt):
 def _phase_ends(n: int) -> list[int]:
     """Where the beam loop's cache phases end, in fed tokens: every PHASE_TOKENS, and at n."""
     return list(range(PHASE_TOKENS, n, PHASE_TOKENS)) + [n]
-
-
-def _beams_step(model: Blip2Captioner, cache: KVCache, tokens, p: int, k, lineage, layers: list):
-    """Feed the k-th new token of every beam: tokens (B, nb) -> (fp32 logits (B * nb, V), cache).
-
-    The cache has one row per image: the prompt at slots 0..P-1, then the j-th new token of beam
-    slot m at P + j * nb + m, written once and never moved. An image's beams enter as nb query
-    positions of its row (all at position P + k), and each one's mask lets it see the prompt and,
-    for every j <= k, the slot its lineage names. When beams are reordered only the small lineage
-    table is gathered, where a cache per beam would be copied whole every step; the extra scores
-    against other beams' slots cost nb times the attention products, a few percent of a step."""
-    b, nb = tokens.shape
-    n = (cache.length - p) // nb  # new tokens this phase's cache holds
-    lm = model.language_model
-    own = (lineage[..., :n, None] == jnp.arange(nb)) & (jnp.arange(n) <= k)[:, None]  # (B, nb, n, nb)
-    mask = jnp.concatenate([jnp.ones((b, nb, p), bool), own.reshape(b, nb, n * nb)], axis=-1)[:, None]
-    positions = jnp.full((b, nb), p + k, jnp.int32)
-    hidden, cache = lm.decode(lm.embed(tokens), positions, mask, cache, p + k * nb, layers=layers)
-    return lm.lm_head(hidden).reshape(b * nb, -1), cache
 
 
 def _valid_mask(tokens, eos: int):
