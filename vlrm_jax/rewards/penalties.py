@@ -72,7 +72,7 @@ def phrase_body(phrase: str) -> str:
 
 
 def compile_bad_regex(bad_phrases: Sequence[str], penalise_years: bool) -> re.Pattern | None:
-    """One case-insensitive regex that reports, at every position, the longest bad match there.
+    r"""One case-insensitive regex that reports, at every position, the longest bad match there.
 
     The alternation sits in a zero-width lookahead so `finditer` visits every start position and
     overlapping phrases are all found; longest-first order makes the reported match at a position
