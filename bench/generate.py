@@ -48,6 +48,26 @@ def tiny_config() -> Blip2Config:
         num_query_tokens=8, image_token_index=511)
 
 
+def random_params(ctor, seed: int = 0) -> dict:
+    """{path: array} of random parameters for the module `ctor` builds, one small jitted draw per
+    distinct shape: N(0, 0.02) weights, LayerNorm scales 1, biases 0. Jitting the module's own
+    initialisation instead makes one program holding every parameter's random draw; at the released
+    shapes XLA's GPU compiler had not finished it after 190 s on an H200 (2026-12-04)."""
+    from vlrm_jax.models import build
+
+    draw = jax.jit(lambda key, shape, dtype: (0.02 * jax.random.normal(key, shape, jnp.float32)).astype(dtype),
+                   static_argnums=(1, 2))
+    out = {}
+    for i, (path, want) in enumerate(sorted(build.flat_params(build.abstract(ctor)).items(), key=lambda kv: str(kv[0]))):
+        if path[-1] == "scale":
+            out[path] = jnp.ones(want.shape, want.dtype)
+        elif path[-1] == "bias":
+            out[path] = jnp.zeros(want.shape, want.dtype)
+        else:
+            out[path] = draw(jax.random.key(seed * 100003 + i), tuple(want.shape), want.dtype)
+    return out
+
+
 def timed(fn, reps: int):
     t = time.perf_counter()
     jax.block_until_ready(fn())
@@ -125,6 +145,7 @@ def main(argv=None):
     p.add_argument("--out", default="runs/bench")
     p.add_argument("--tiny", action="store_true")
     p.add_argument("--reps", type=int, default=2)
+    p.add_argument("--skip-vit", dest="vit", action="store_false", help="no ViT-alone timing")
     p.add_argument("--side", choices=["jax", "transformers"], default="jax")
     p.add_argument("--sample-batches", dest="sample_batches", default=None, help="default 1024,256,64 (tiny: 8,4)")
     p.add_argument("--beam-batches", dest="beam_batches", default=None, help="default 64,16 (tiny: 4,2)")
@@ -142,7 +163,10 @@ def main(argv=None):
         return out
     cfg = tiny_config() if args.tiny else full_config()
     t = time.perf_counter()
-    model = nnx.jit(lambda: Blip2Captioner(cfg, rngs=nnx.Rngs(0)))()
+    from vlrm_jax.models import build
+
+    ctor = lambda: Blip2Captioner(cfg, rngs=nnx.Rngs(0))  # noqa: E731
+    model = build.from_params(ctor, random_params(ctor))
     graphdef, state = nnx.split(model)
     out = {"device": jax.devices()[0].device_kind, "backend": jax.default_backend(), "jax": jax.__version__,
            "build_s": round(time.perf_counter() - t, 1),
@@ -159,12 +183,13 @@ def main(argv=None):
         pixels = jax.random.normal(key, (batch, size, size, 3), jnp.bfloat16 if not args.tiny else jnp.float32)
         return timed(lambda: generate_jit(graphdef, gen, state, pixels, key).tokens, args.reps)
 
+    record()
     vit = jax.jit(lambda st, px: nnx.merge(graphdef, st).vision_model(px))
-    for b in sample_sizes[:1]:
+    for b in sample_sizes[:1] if args.vit else ():
         px = jax.random.normal(key, (b, size, size, 3))
         first, best = timed(lambda: vit(state, px), args.reps)
-        out[f"vit_B{b}_s"] = round(best, 3)
-    record()
+        out[f"vit_B{b}_s"], out[f"vit_B{b}_compile_s"] = round(best, 3), round(first - best, 1)
+        record()
     gen = {"sample": GenerationConfig(do_sample=True, top_k=6, temperature=2.0, max_new_tokens=60, ignore_eos=True),
            "beam5": GenerationConfig(num_beams=5, no_repeat_ngram_size=2, max_new_tokens=60, ignore_eos=True)}
     for name, b in points(sample_sizes, beam_sizes):

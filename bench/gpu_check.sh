@@ -9,7 +9,8 @@
 #     generate hf anchor train_step tests
 # Each stage has its own time limit (GENERATE_S, HF_S, ANCHOR_S, TRAIN_S, TESTS_S) and the whole run
 # one deadline (DEADLINE_S, default 585 s: a 600 s call): a stage gets at most what is left, and one
-# cut short keeps what it already wrote under $OUT.
+# cut short keeps what it already wrote under $OUT. GENERATE_ARGS adds arguments to bench/generate.py
+# (e.g. "--sample-batches 1024 --beam-batches 64 --skip-vit"); TESTS_PATH narrows the tests (default tests).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu}
@@ -41,7 +42,7 @@ run() {
     timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.txt" | tail -"${TAIL:-3}"
 }
 stage_generate() {  # ours at the released shapes: sampling B=1024/256/64, beam 5 B=64/16
-    run generate "${GENERATE_S:-200}" python3 bench/generate.py --out "$OUT" $TINY
+    run generate "${GENERATE_S:-200}" python3 bench/generate.py --out "$OUT" $TINY ${GENERATE_ARGS:-}
 }
 stage_hf() {  # transformers on the same card where the anchor script has no point: sampling at B=1024
     local sizes=1024
@@ -70,7 +71,7 @@ stage_train_step() {
 stage_tests() {
     # full-size bf16 parity of captioner, ITM and both CLIPs; torch and JAX share the card
     XLA_PYTHON_CLIENT_PREALLOCATE=false TAIL=12 run gpu_tests "${TESTS_S:-150}" \
-        python3 -m pytest -q -s -p no:cacheprovider -m gpu tests
+        python3 -m pytest -q -s -p no:cacheprovider -m gpu ${TESTS_PATH:-tests}
 }
 for stage in $STAGES; do
     echo "== $stage at $(($(date +%s) - START)) s"

@@ -37,7 +37,7 @@ class TorchValueHead(nn.Module):
 
     def forward(self, hidden, attention_mask):
         t = hidden.shape[1]
-        allowed = torch.tril(torch.ones(t, t, dtype=torch.bool))[None] & attention_mask.bool()[:, None, :]
+        allowed = torch.tril(torch.ones(t, t, dtype=torch.bool, device=hidden.device))[None] & attention_mask.bool()[:, None, :]
         additive = torch.where(allowed, 0.0, torch.finfo(torch.float32).min)[:, None]
         for block in self.blocks:
             hidden = block(hidden, attention_mask=additive)
