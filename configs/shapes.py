@@ -74,6 +74,11 @@ def _demo() -> dict:
             # partial_floor + (1 - partial_floor) * (facts stated / facts in the scene); anything
             # with a wrong detail 0. See pretrain.itm_texts.
             partial_floor=0.1,
+            # Not set here (0): `mispaired`, the share of wrong texts whose one false detail pairs a
+            # colour and a shape of the scene that belong to different objects (language.mispair).
+            # At 0.5 with 3600 steps the ITM learns to tie colours to shapes (pairing test 0.54 ->
+            # 0.89; it stays at 0.57 with the 1200 steps below, where the loss has not yet turned),
+            # see docs/architecture.md for what the RL rows then do.
             # Pulls logit_0 + logit_1 towards 0 so the match logit alone (the reward) carries the
             # score, not only the difference the cross-entropy sees.
             logit_centering=1e-2,

@@ -1,5 +1,7 @@
 """The world's caption language: descriptions, their rendering and corruption, match targets, and
 the parser that reads captions back (grammar, what is stated right, what is absent)."""
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -136,3 +138,33 @@ def test_objects_colours_and_absent_agree_with_the_word_level_reading(scenes):
                 got, q = language.check(text, scene), shapes.caption_quality(text, scene)
                 assert (got.objects, got.colours, got.mentions_absent) == (
                     q.objects, q.colours, q.mentions_absent), text
+
+
+def test_mispairing_uses_only_the_scenes_words_and_reads_as_absent(scenes):
+    rng = np.random.default_rng(4)
+    made = 0
+    for scene in scenes:
+        colours, kinds = {o.colour for o in scene.objects}, {o.shape for o in scene.objects}
+        for d, _ in _descriptions(scene, rng):
+            wrong = language.mispair(d, scene, rng)
+            if wrong is None:
+                # only when no object can take another's colour or shape without matching a scene object
+                swaps = [dataclasses.replace(o, **{f: getattr(p, f)}) for o in d.objects for p in scene.objects
+                         for f in ("colour", "shape")]
+                assert all(language.describes(x, False, False, scene) for x in swaps)
+                continue
+            made += 1
+            changed = [i for i, (a, b) in enumerate(zip(d.objects, wrong.objects)) if a != b]
+            assert len(changed) == 1
+            new = wrong.objects[changed[0]]
+            assert new.colour in colours and new.shape in kinds and not language.describes(new, False, False, scene)
+            got = language.check(language.render_description(wrong), scene)
+            # every colour word is the scene's: only the pair is absent
+            assert got.grammatical and len(got.absent) == 1 and not got.wrong, got
+            assert f"{new.colour} {new.shape}" in got.absent[0] and not got.absent[0].startswith("colour"), got
+    assert made > 300
+
+
+def test_one_object_scenes_cannot_be_mispaired():
+    scene = Scene("white", (SceneObject("circle", "red", "large", 0),))
+    assert language.mispair(language.terse_description(scene), scene, np.random.default_rng(0)) is None

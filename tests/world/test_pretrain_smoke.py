@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from vlrm_jax.config_utils import load_config
-from vlrm_jax.world import demo, pretrain, shapes
+from vlrm_jax.world import demo, language, pretrain, shapes
 from vlrm_jax.world.pretrain import inputs, itm
 from vlrm_jax.world.tokenizers import build_tokenizers
 
@@ -131,3 +131,22 @@ def test_memoised_wordpiece_ids_equal_the_tokenizer(scenes, tmp_path):
     rng = np.random.default_rng(1)
     texts = [t for i, s in enumerate(scenes[:50]) for t, _ in itm.itm_texts(s, scenes[i + 1], rng, 0.1)]
     inputs.WordPieceIds(tok, 48).check(texts)
+
+
+def test_mispaired_negatives_take_their_share_of_the_wrong_texts(scenes):
+    def wrong_texts(share):
+        rng = np.random.default_rng(2)
+        rows = [(s, itm.itm_texts(s, scenes[(i + 1) % len(scenes)], rng, 0.1, mispaired=share)) for i, s in enumerate(scenes)]
+        return [(s, texts[1][0]) for s, texts in rows]  # the full caption's wrong twin
+
+    def only_pairing_wrong(scene, text):  # one object absent, every colour the scene's, nothing else wrong
+        got = language.check(text, scene)
+        return (len(got.absent) == 1 and not got.absent[0].startswith("colour ")
+                and not got.absent[0].endswith(" background") and not got.wrong)
+
+    allowed = [s for s in scenes if len(s.objects) >= 2]
+    for share, low, high in ((0.0, 0.0, 0.4), (1.0, 0.9, 1.0)):  # 0: corruptions that happen to mispair
+        texts = [(s, t) for s, t in wrong_texts(share) if len(s.objects) >= 2]
+        rate = np.mean([only_pairing_wrong(s, t) for s, t in texts])
+        assert low <= rate <= high, (share, rate)
+    assert len(allowed) > 100

@@ -108,6 +108,21 @@ def corrupt(d: Description, scene: shapes.Scene, rng: np.random.Generator) -> De
     raise AssertionError("the background can always be made wrong")
 
 
+def mispair(d: Description, scene: shapes.Scene, rng: np.random.Generator) -> Description | None:
+    """`d` with one object given the colour or the shape of another scene object, such that no
+    scene object has that colour-shape pair: every word is in the scene, only the pairing is
+    false ("a blue circle" of a red circle beside a blue star). None when no such pair exists.
+    An ITM that never sees these learns which words are in the scene, not which go together."""
+    for i in rng.permutation(len(d.objects)):
+        obj = d.objects[int(i)]
+        options = [dataclasses.replace(obj, colour=o.colour) for o in scene.objects if o.colour != obj.colour]
+        options += [dataclasses.replace(obj, shape=o.shape) for o in scene.objects if o.shape != obj.shape]
+        options = [o for o in options if not describes(o, False, False, scene)]
+        if options:
+            return _replace_object(d, int(i), options[int(rng.integers(len(options)))])
+    return None
+
+
 def _corrupt_as(kind: str, d: Description, scene: shapes.Scene, rng) -> Description | None:
     if kind == "background":
         wrong = [c for c in shapes.BACKGROUND_COLOURS if c != scene.background]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,8 +18,8 @@ from vlrm_jax.models.qformer import QFormerConfig
 from vlrm_jax.models.vit import VisionConfig
 from vlrm_jax.training import step_rng
 from vlrm_jax.world import shapes
-from vlrm_jax.world.language import (complete_description, corrupt, match_target, partial_description,
-                                     render_description, terse_description)
+from vlrm_jax.world.language import (Description, complete_description, corrupt, match_target, mispair,
+                                     partial_description, render_description, terse_description)
 from vlrm_jax.world.pretrain.encoder import pretrain_encoder, vit_tokens
 from vlrm_jax.world.pretrain.inputs import (WordPieceIds, blip2_pixels, chunked, load_tokenizer, tokenizer_files,
                                            vision_states)
@@ -28,20 +30,28 @@ TEXTS_PER_IMAGE = 4  # two (correct, wrong) pairs, see itm_texts
 
 
 def itm_texts(scene: shapes.Scene, other: shapes.Scene, rng: np.random.Generator,
-              floor: float) -> list[tuple[str, float]]:
+              floor: float, mispaired: float = 0.0) -> list[tuple[str, float]]:
     """Two (correct, wrong) pairs of (text, match target) for one image:
     the full caption (1) and the same caption with one detail made wrong (0); a true partial or
     terse description (graded, see match_target) and the same with one detail made wrong, or now
     and then another scene's full caption (0). Pairs that differ in one detail are what teaches
-    the ITM to check every detail (the ranking term of itm_loss compares them)."""
+    the ITM to check every detail (the ranking term of itm_loss compares them). A share
+    `mispaired` of the wrong details pairs a colour and a shape of the scene that belong to
+    different objects (language.mispair), where the scene allows it."""
     n_templates = len(shapes.FULL_TEMPLATES)
     full = complete_description(scene, int(rng.integers(n_templates)))
     partial = terse_description(scene) if rng.random() < 0.2 else partial_description(scene, rng)
+
+    def wrong(d):
+        # no draw at 0, so the default's texts (and the cached ITM) stay those of before
+        out = mispair(d, scene, rng) if mispaired and rng.random() < mispaired else None
+        return render_description(out if out is not None else corrupt(d, scene, rng))
+
     if rng.random() < 0.2:
         partial_wrong = shapes.full_caption(other, int(rng.integers(n_templates)))
     else:
-        partial_wrong = render_description(corrupt(partial, scene, rng))
-    return [(render_description(full), 1.0), (render_description(corrupt(full, scene, rng)), 0.0),
+        partial_wrong = wrong(partial)
+    return [(render_description(full), 1.0), (wrong(full), 0.0),
             (render_description(partial), match_target(partial, scene, floor)), (partial_wrong, 0.0)]
 
 
@@ -118,7 +128,7 @@ def train_itm(ctx: StageContext) -> StageResult:
 
 def _itm_batch_texts(split: shapes.Split, index: int, scfg, rng) -> list[tuple[str, float]]:
     other = (index + 1 + int(rng.integers(len(split) - 1))) % len(split) if len(split) > 1 else index
-    return itm_texts(split.scenes[index], split.scenes[other], rng, scfg.partial_floor)
+    return itm_texts(split.scenes[index], split.scenes[other], rng, scfg.partial_floor, scfg.get("mispaired", 0.0))
 
 
 def itm_preferences(model: Blip2Itm, split: shapes.Split, encode: WordPieceIds, scfg) -> dict:
@@ -138,7 +148,40 @@ def itm_preferences(model: Blip2Itm, split: shapes.Split, encode: WordPieceIds, 
     out["full_beats_terse"] = float(np.mean(logits["full"] > logits["terse"]))
     out["full_beats_full_wrong"] = float(np.mean(logits["full"] > logits["full_wrong"]))
     out["terse_beats_terse_wrong"] = float(np.mean(logits["terse"] > logits["terse_wrong"]))
+    out.update(pairing_preferences(match, split, pixels, encode, rng))
     return out
+
+
+def pairing_preferences(match: Callable, split: shapes.Split, pixels, encode: WordPieceIds, rng) -> dict:
+    """Whether the ITM ties colours to shapes, on held-out scenes of two or more objects:
+    `pairing`, how often a true object phrase ("a red circle") beats the same phrase mispaired
+    from the scene's own words ("a blue circle" beside a blue star; chance 0.5), and
+    `mispaired_extra_wins`, how often the salient object's phrase with one such mispaired object
+    added (at an empty cell) beats the phrase alone: the gain an RL policy finds by inventing."""
+    rows, true, wrong, rows_extra, alone, extra = [], [], [], [], [], []
+    for k, scene in enumerate(split.scenes):
+        if len(scene.objects) < 2:
+            continue
+        obj = scene.objects[int(rng.integers(len(scene.objects)))]
+        d = Description((obj,), (False,), (False,), None)
+        bad = mispair(d, scene, rng)
+        if bad is not None:
+            rows.append(k)
+            true.append(render_description(d))
+            wrong.append(render_description(bad))
+        salient = shapes.most_salient(scene)
+        twin = mispair(Description((salient,), (True,), (True,), None), scene, rng)
+        free = [c for c in range(shapes.GRID ** 2) if c not in {o.cell for o in scene.objects}]
+        if twin is not None and free:
+            added = dataclasses.replace(twin.objects[0], cell=int(rng.choice(free)))
+            rows_extra.append(k)
+            alone.append(render_description(Description((salient,), (True,), (True,), None)))
+            extra.append(render_description(Description((salient, added), (True, True), (True, True), None)))
+
+    def beats(rows_, a, b):  # nan where no scene allows the test (a smoke world of a few scenes)
+        return float(np.mean(match(pixels[rows_], *encode(a)) > match(pixels[rows_], *encode(b)))) if rows_ else float("nan")
+
+    return {"pairing": beats(rows, true, wrong), "mispaired_extra_wins": beats(rows_extra, extra, alone)}
 
 
 def match_logit_fn(model: Blip2Itm) -> Callable:
