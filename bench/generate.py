@@ -20,6 +20,7 @@ import json
 import os
 import sys
 import time
+from typing import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -89,19 +90,23 @@ def points(sample_sizes, beam_sizes) -> list[tuple[str, int]]:
     return out
 
 
-def transformers_side(args, sample_sizes, beam_sizes) -> dict:
+def transformers_side(args, sample_sizes, beam_sizes) -> Iterator[dict]:
     """transformers' generate on the same points: a random bf16 model of the same shapes, built on
-    the card (as the anchor builds it), with the anchor's generation arguments."""
+    the card (as the anchor builds it), with the anchor's generation arguments; yields the results
+    so far after each point."""
     import torch
-    from transformers import Blip2ForConditionalGeneration
+    from transformers import Blip2Config, Blip2ForConditionalGeneration
 
     from convert import released_shapes
+    from convert.to_hf import hf_config_for
+    from vlrm_jax.checkpoint import kinds
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    hf_cfg = released_shapes.blip2_opt_2_7b()
     if args.tiny:  # the tiny shapes, in transformers' terms
-        hf_cfg = tiny_hf_config()
+        hf_cfg = Blip2Config.from_dict(hf_config_for(kinds.BLIP2_OPT, tiny_config().to_dict()))
+    else:
+        hf_cfg = released_shapes.blip2_opt_2_7b()
     t = time.perf_counter()
     torch.manual_seed(0)
     with torch.device(device):
@@ -124,20 +129,6 @@ def transformers_side(args, sample_sizes, beam_sizes) -> dict:
         first, best = timed(call, args.reps)
         out[f"{name}_B{b}_s"], out[f"{name}_B{b}_caps_per_s"] = round(best, 3), round(b / best, 1)
         yield out
-
-
-def tiny_hf_config():
-    from transformers import Blip2Config
-
-    c = tiny_config()
-    return Blip2Config(
-        vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                           image_size=56, patch_size=14),
-        qformer_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                            encoder_hidden_size=64),
-        text_config=dict(model_type="opt", vocab_size=512, hidden_size=64, ffn_dim=128, num_hidden_layers=2,
-                         num_attention_heads=4, word_embed_proj_dim=64, bos_token_id=2, eos_token_id=2, pad_token_id=1),
-        num_query_tokens=c.num_query_tokens, image_token_index=c.image_token_index)
 
 
 def main(argv=None):

@@ -12,8 +12,9 @@
 # cut short keeps what it already wrote under $OUT. Seen on one H200 (2026-12-04): machine start
 # about 30 s, hf 35 s, anchor 42 s, the two CLIP parity tests 95 s; the benchmark's old one-program
 # random init did not compile in 190 s (replaced), and the step at released shapes is unmeasured:
-# give train_step most of a call of its own (STAGES="train_step" TRAIN_S=540 DEADLINE_S=570). GENERATE_ARGS adds arguments to bench/generate.py
-# (e.g. "--sample-batches 1024 --beam-batches 64 --skip-vit"); TESTS_PATH narrows the tests (default tests).
+# give train_step most of a call of its own (STAGES="train_step" TRAIN_S=540 DEADLINE_S=570).
+# GENERATE_ARGS adds arguments to bench/generate.py (e.g. "--sample-batches 1024 --beam-batches 64
+# --skip-vit"); TESTS_PATH narrows the tests (default tests).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu}

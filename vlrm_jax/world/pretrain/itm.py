@@ -2,9 +2,8 @@
 frozen while the Q-Former learns graded match targets, a ranking term and BLIP2's ITC loss."""
 from __future__ import annotations
 
-from typing import Callable
-
 import dataclasses
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -170,12 +169,13 @@ def pairing_preferences(match: Callable, split: shapes.Split, pixels, encode: Wo
             true.append(render_description(d))
             wrong.append(render_description(bad))
         salient = shapes.most_salient(scene)
-        twin = mispair(Description((salient,), (True,), (True,), None), scene, rng)
+        phrase = Description((salient,), (True,), (True,), None)
+        twin = mispair(phrase, scene, rng)
         free = [c for c in range(shapes.GRID ** 2) if c not in {o.cell for o in scene.objects}]
         if twin is not None and free:
             added = dataclasses.replace(twin.objects[0], cell=int(rng.choice(free)))
             rows_extra.append(k)
-            alone.append(render_description(Description((salient,), (True,), (True,), None)))
+            alone.append(render_description(phrase))
             extra.append(render_description(Description((salient, added), (True, True), (True, True), None)))
 
     def beats(rows_, a, b):  # nan where no scene allows the test (a smoke world of a few scenes)
