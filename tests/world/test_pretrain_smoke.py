@@ -150,3 +150,39 @@ def test_mispaired_negatives_take_their_share_of_the_wrong_texts(scenes):
         rate = np.mean([only_pairing_wrong(s, t) for s, t in texts])
         assert low <= rate <= high, (share, rate)
     assert len(allowed) > 100
+
+
+# ---------------------------------------------------------------------------------------------
+# The image encoders' own scene pool and read-out accuracy.
+# ---------------------------------------------------------------------------------------------
+def test_encoder_pool_is_its_own_deterministic_stream(smoke_cfg):
+    from vlrm_jax.world.pretrain.encoder import encoder_scenes
+
+    world = demo.make_world(smoke_cfg.world)
+    ctx = pretrain.StageContext(None, smoke_cfg, world, {})
+    phase = smoke_cfg.itm.vision_pretrain
+    pool, again = encoder_scenes(ctx, phase), encoder_scenes(ctx, phase)
+    assert len(pool) == phase.n_scenes and pool.scenes == again.scenes
+    np.testing.assert_array_equal(pool.images, again.images)
+    # a stream of its own: not the training or the test scenes
+    assert not set(pool.scenes) & (set(world.train.scenes) | set(world.test.scenes))
+    assert encoder_scenes(ctx, dict(steps=1)) is world.train  # unset: the training split
+
+
+def test_read_out_accuracy_counts_objects_whole_and_small_shapes_alone(scenes):
+    from vlrm_jax.world.pretrain.encoder import CELLS, read_out_accuracy, scene_labels
+
+    scenes = scenes[:40]
+    labels = scene_labels(scenes)
+    assert read_out_accuracy(labels, scenes) == {"all": 1.0, "objects": 1.0, "small_shapes": 1.0}
+    small = [(i, o) for i, s in enumerate(scenes) for o in s.objects if o.size == "small"]
+    n_objects = sum(len(s.objects) for s in scenes)
+    predicted = labels.copy()
+    i, o = small[0]
+    predicted[i, o.cell] = predicted[i, o.cell] % 8 + 1  # another shape
+    j, p = next((j, p) for j, s in enumerate(scenes) for p in s.objects if p.size == "large")
+    predicted[j, CELLS + p.cell] = 0  # a large object's colour read as empty
+    got = read_out_accuracy(predicted, scenes)
+    assert got["objects"] == pytest.approx(1 - 2 / n_objects)
+    assert got["small_shapes"] == pytest.approx(1 - 1 / len(small))
+    assert got["all"] == pytest.approx(1 - 2 / labels.size)

@@ -253,6 +253,8 @@ def render(scene: Scene, image_size: int = 64, supersample: int = 4) -> np.ndarr
 # Splits and the world on disk.
 # ----------------------------------------------------------------------------------------------
 SPLITS = ("train", "test")
+# Stream of the scenes the image encoders pre-train on (drawn like train, never written).
+ENCODER_SPLIT = len(SPLITS)
 
 
 @dataclasses.dataclass(frozen=True)

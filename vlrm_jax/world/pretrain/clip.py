@@ -3,6 +3,7 @@ seed (phase clip_vision), then symmetric InfoNCE on the full captions; it shares
 the reward models."""
 from __future__ import annotations
 
+import functools
 import tempfile
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from vlrm_jax.checkpoint.open_clip_files import preprocess_config, write_side_fi
 from vlrm_jax.ops import l2_normalize
 from vlrm_jax.training import step_rng
 from vlrm_jax.world import shapes
-from vlrm_jax.world.pretrain.encoder import clip_vision_tokens, pretrain_encoder
+from vlrm_jax.world.pretrain.encoder import clip_vision_tokens, pretrain_encoder, vision_metrics
 from vlrm_jax.world.pretrain.inputs import clip_pixels
 from vlrm_jax.world.pretrain.loop import fan_in_init, train_phase
 from vlrm_jax.world.pretrain.record import LOG_EVERY, StageContext, StageResult, save_stage
@@ -63,8 +64,9 @@ def train_clip(ctx: StageContext) -> StageResult:
     model.logit_scale[...] = jnp.log(1 / 0.07)  # open_clip's initial temperature
     # Its own image tower, pre-trained like the ITM's but from its own seed: the evaluator shares
     # no weights with the reward model.
-    vision_losses, vision_seconds, parsing_accuracy = pretrain_encoder(
-        ctx, "clip_vision", model.visual, clip_vision_tokens, pixels, model_cfg.vision.patch_size[0],
+    vision_losses, vision_seconds, parsing = pretrain_encoder(
+        ctx, "clip_vision", model.visual, clip_vision_tokens,
+        functools.partial(clip_pixels, size=model_cfg.vision.image_size[0]), model_cfg.vision.patch_size[0],
         scfg.vision_pretrain, scfg.seed + 100)
 
     def batch_at(step):
@@ -77,7 +79,7 @@ def train_clip(ctx: StageContext) -> StageResult:
                             model.logit_scale[...])
 
     losses, seconds = train_phase(ctx, "clip", model, loss_fn, batch_at, scfg)
-    metrics = {"logit_scale": float(jnp.exp(model.logit_scale[...])), "vision_parsing_accuracy": parsing_accuracy,
+    metrics = {"logit_scale": float(jnp.exp(model.logit_scale[...])), **vision_metrics(parsing),
                "vision_seconds": vision_seconds, "vision_final_loss": float(np.mean(vision_losses[-LOG_EVERY:]))}
     seconds += vision_seconds
     with tempfile.TemporaryDirectory() as side:

@@ -3,6 +3,7 @@ frozen while the Q-Former learns graded match targets, a ranking term and BLIP2'
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable
 
 import jax
@@ -19,7 +20,7 @@ from vlrm_jax.training import step_rng
 from vlrm_jax.world import shapes
 from vlrm_jax.world.language import (Description, complete_description, corrupt, match_target, mispair,
                                      partial_description, render_description, terse_description)
-from vlrm_jax.world.pretrain.encoder import pretrain_encoder, vit_tokens
+from vlrm_jax.world.pretrain.encoder import pretrain_encoder, vision_metrics, vit_tokens
 from vlrm_jax.world.pretrain.inputs import (WordPieceIds, blip2_pixels, chunked, load_tokenizer, tokenizer_files,
                                            vision_states)
 from vlrm_jax.world.pretrain.loop import fan_in_init, train_phase
@@ -94,8 +95,9 @@ def train_itm(ctx: StageContext) -> StageResult:
     fan_in_init(model, scfg.seed, skip=("vision_model",))
     # The image encoder is pre-trained, then frozen as BLIP2 freezes EVA ViT-g; the captioner
     # reuses it whole, so the RL run can share the trunk.
-    vision_losses, vision_seconds, parsing_accuracy = pretrain_encoder(
-        ctx, "itm_vision", model.vision_model, vit_tokens, pixels, model_cfg.vision.patch_size,
+    vision_losses, vision_seconds, parsing = pretrain_encoder(
+        ctx, "itm_vision", model.vision_model, vit_tokens,
+        functools.partial(blip2_pixels, size=model_cfg.vision.image_size), model_cfg.vision.patch_size,
         scfg.vision_pretrain, scfg.seed + 100)
     states = vision_states(model.vision_model, pixels)
 
@@ -118,7 +120,7 @@ def train_itm(ctx: StageContext) -> StageResult:
 
     trainable = nnx.All(nnx.Param, lambda path, _: path[0] != "vision_model")
     losses, seconds = train_phase(ctx, "itm", model, loss_fn, batch_at, scfg, trainable)
-    metrics = {"vision_parsing_accuracy": parsing_accuracy, "vision_seconds": vision_seconds,
+    metrics = {**vision_metrics(parsing), "vision_seconds": vision_seconds,
                "vision_final_loss": float(np.mean(vision_losses[-LOG_EVERY:])),
                **itm_preferences(model, ctx.world.test, encode, scfg)}
     return save_stage(ctx, "itm", kinds.BLIP2_ITM, model_cfg.to_dict(), model, losses, seconds + vision_seconds,
