@@ -12,8 +12,8 @@ exempts those words too (`reward.extra_exempt_words`), and its 8 shape words: a 
 to 4 objects from them, and 28 % of the correct full test descriptions name a shape twice ("a red
 circle ... a brown circle"; 0.34 penalties a caption). With the shapes penalised, held-out R@1
 after 300 updates was 0.32 (VLRM) and 0.27 (VLRM-RS); exempt, 0.37 and 0.49 (2-core CPU,
-2026-12-03). Sizes are the CPU's: the paper's batch of 4096 and lr 1e-5 are for BLIP2-OPT-2.7B
-on a pod.
+2026-12-03, with the earlier pre-training: docs/architecture.md). Sizes are the CPU's: the
+paper's batch of 4096 and lr 1e-5 are for BLIP2-OPT-2.7B on a pod.
 """
 from vlrm_jax.rl.defaults import base_config
 from vlrm_jax.world.shapes import SHAPES
