@@ -167,6 +167,8 @@ def test_encoder_pool_is_its_own_deterministic_stream(smoke_cfg):
     # a stream of its own: not the training or the test scenes
     assert not set(pool.scenes) & (set(world.train.scenes) | set(world.test.scenes))
     assert encoder_scenes(ctx, dict(steps=1)) is world.train  # unset: the training split
+    with pytest.raises(ValueError, match="n_scenes"):
+        encoder_scenes(ctx, dict(n_scenes=-1))
 
 
 def test_read_out_accuracy_counts_objects_whole_and_small_shapes_alone(scenes):

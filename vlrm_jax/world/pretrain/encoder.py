@@ -76,6 +76,8 @@ def encoder_scenes(ctx: StageContext, phase) -> shapes.Split:
     when unset. 6000 scenes were too few: the read-out fit them and misread the shape of 10 % of
     small held-out objects, an error the ITM, the captioner and the RL run all inherit."""
     n = phase.get("n_scenes", 0)
+    if n < 0:
+        raise ValueError(f"vision_pretrain.n_scenes must be >= 0 (0: the training split), got {n}")
     if not n:
         return ctx.world.train
     w = ctx.cfg.world
