@@ -168,3 +168,39 @@ def test_mispairing_uses_only_the_scenes_words_and_reads_as_absent(scenes):
 def test_one_object_scenes_cannot_be_mispaired():
     scene = Scene("white", (SceneObject("circle", "red", "large", 0),))
     assert language.mispair(language.terse_description(scene), scene, np.random.default_rng(0)) is None
+
+
+def test_a_confusable_object_is_made_of_the_scenes_words_and_reads_as_absent(scenes):
+    import collections
+
+    rng = np.random.default_rng(4)
+    made = 0
+    for scene in scenes:
+        d = language.partial_description(scene, rng)
+        more = language.add_confusable(d, scene, rng)
+        if more is None:
+            assert len(scene.objects) == shapes.GRID ** 2  # only a full grid leaves no cell for it
+            continue
+        made += 1
+        assert len(more.objects) == len(d.objects) + 1
+        added = collections.Counter(more.objects) - collections.Counter(d.objects)
+        (new,) = added
+        assert new.colour in {o.colour for o in scene.objects} and new.shape in {o.shape for o in scene.objects}
+        assert new.cell not in {o.cell for o in scene.objects}
+        got = language.check(language.render_description(more), scene)
+        assert got.grammatical and len(got.absent) == 1 and f"{new.colour} {new.shape}" in got.absent[0], got
+    assert made > 100
+
+
+def test_misplacing_moves_one_stated_position_and_nothing_else(scenes):
+    rng = np.random.default_rng(5)
+    for scene in scenes:
+        d = language.complete_description(scene)
+        moved = language.misplace(d, scene, rng)
+        changed = [(a, b) for a, b in zip(d.objects, moved.objects) if a != b]
+        assert len(changed) == 1 and changed[0][0].cell != changed[0][1].cell
+        assert dataclasses.replace(changed[0][1], cell=changed[0][0].cell) == changed[0][0]
+        got = language.check(language.render_description(moved), scene)
+        assert not got.absent and len(got.wrong) == 1 and got.wrong[0].endswith(": position"), got
+    unplaced = language.terse_description(scenes[0])  # states no position
+    assert language.misplace(unplaced, scenes[0], rng) is None

@@ -11,8 +11,8 @@ from vlrm_jax.world import demo, language, pretrain, shapes
 from vlrm_jax.world.pretrain import inputs, itm
 from vlrm_jax.world.tokenizers import build_tokenizers
 
-COLUMNS = {"R@1", "R@5", "R@10", "MRR", "mean_rank", "length", "objects", "colours", "absent", "grammatical",
-           "ref_logprob"}
+COLUMNS = {"R@1", "R@5", "R@10", "MRR", "mean_rank", "length", "objects", "colours", "positions", "absent", "correct",
+           "grammatical", "ref_logprob"}
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,8 @@ def test_demo_writes_results_rows_and_columns(first_run):
     assert set(rows) == {"REF", "base", "VLRM", "VLRM-RS"}
     for row in rows.values():
         assert set(row) == COLUMNS and all(np.isfinite(v) for v in row.values())
-    assert rows["REF"]["absent"] == 0.0 and rows["REF"]["objects"] > 0  # the full captions are right
+    assert rows["REF"]["absent"] == 0.0 and rows["REF"]["correct"] == 1.0  # the full captions are right
+    assert rows["REF"]["objects"] > 0 and rows["REF"]["positions"] == rows["REF"]["objects"]
     assert (workdir / "examples.png").stat().st_size > 0
     assert (workdir / "plots" / "rl_training.png").stat().st_size > 0
     for kind in ("vlrm", "vlrm_rs"):  # the RL runs went through main.py's builder and loop
@@ -188,3 +189,45 @@ def test_read_out_accuracy_counts_objects_whole_and_small_shapes_alone(scenes):
     assert got["objects"] == pytest.approx(1 - 2 / n_objects)
     assert got["small_shapes"] == pytest.approx(1 - 1 / len(small))
     assert got["all"] == pytest.approx(1 - 2 / labels.size)
+
+
+def test_read_out_accuracy_tells_positions_from_the_position_columns(scenes):
+    from vlrm_jax.world.pretrain.encoder import CELLS, position_labels, read_out_accuracy, scene_labels
+
+    scenes = scenes[:40]
+    predicted = np.concatenate([scene_labels(scenes), position_labels(len(scenes))], axis=1)
+    assert read_out_accuracy(predicted, scenes)["positions"] == 1.0
+    i, o = next((i, o) for i, s in enumerate(scenes) for o in s.objects)
+    predicted[i, 3 * CELLS + 1 + o.cell] = (o.cell + 1) % CELLS  # that object's cell told wrong
+    empty = next(c for c in range(CELLS) if c not in {p.cell for p in scenes[i].objects})
+    predicted[i, 3 * CELLS + 1 + empty] = (empty + 1) % CELLS  # an empty cell's: not counted
+    got = read_out_accuracy(predicted, scenes)
+    assert got["positions"] == pytest.approx(1 - 1 / sum(len(s.objects) for s in scenes))
+    assert got["objects"] == 1.0 and "positions" not in read_out_accuracy(scene_labels(scenes), scenes)
+
+
+def test_the_position_head_adds_one_logit_column_per_cell():
+    from flax import nnx
+
+    from vlrm_jax.models.vit import VisionConfig, VisionTransformer
+    from vlrm_jax.world.pretrain.encoder import CELLS, SceneParser, vit_tokens
+
+    vit = VisionTransformer(VisionConfig(hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                   image_size=30, patch_size=10), rngs=nnx.Rngs(0))
+    tokens = vit_tokens(vit, np.zeros((2, 30, 30, 3), np.float32))
+    plain, placed = (SceneParser(vit, 8, 30, 10, rngs=nnx.Rngs(0), positions=p) for p in (False, True))
+    assert len(plain.logits(tokens)) == 3 * CELLS + 1
+    got = placed.logits(tokens)
+    assert len(got) == 4 * CELLS + 1 and all(z.shape == (2, CELLS) for z in got[3 * CELLS + 1:])
+
+
+def test_misplaced_negatives_take_their_share_of_the_wrong_texts(scenes):
+    def rate(share):
+        rng = np.random.default_rng(3)
+        wrong = [(s, itm.itm_texts(s, scenes[(i + 1) % len(scenes)], rng, 0.1, misplaced=share)[1][0])
+                 for i, s in enumerate(scenes)]  # the full caption's wrong twin
+        checks = [language.check(t, s) for s, t in wrong]
+        return np.mean([not c.absent and len(c.wrong) == 1 and c.wrong[0].endswith(": position") for c in checks])
+
+    assert rate(0.0) < 0.3 and rate(1.0) == 1.0  # full captions state every position
+

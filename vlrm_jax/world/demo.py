@@ -30,8 +30,9 @@ from vlrm_jax.world import language, shapes
 
 DEFAULT_CONFIG = CONFIG_DIR / "shapes.py"
 RECALL_COLUMNS = ("R@1", "R@5", "R@10", "MRR", "mean_rank")
-# absent: share naming absent things; grammatical: share parsed by language.parse
-QUALITY_COLUMNS = ("length", "objects", "colours", "absent", "grammatical")
+# positions: mean positions stated right; absent: share naming absent things; correct: share with
+# nothing false (language.CaptionCheck.correct); grammatical: share parsed by language.parse
+QUALITY_COLUMNS = ("length", "objects", "colours", "positions", "absent", "correct", "grammatical")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -151,14 +152,17 @@ def salient_counts(captions: list[str], scenes, style: str = "sized") -> dict[st
 
 
 def quality_columns(captions: list[str], scenes) -> dict[str, float]:
-    """Mean length, objects and colours stated right, share naming something absent (language.check:
-    the parse where the caption is grammatical, the word-level reading where it is not), and the
+    """Mean length; objects, colours and positions stated right; the share naming something absent
+    (language.check: the parse where the caption is grammatical, the word-level reading where it
+    is not); the share stating nothing false (no absent thing, no wrong size or position); and the
     share of captions that are sentences of the world's language."""
     quality = [language.check(c, s) for c, s in zip(captions, scenes)]
     return {"length": float(np.mean([len(c.split()) for c in captions])),
             "objects": float(np.mean([q.objects for q in quality])),
             "colours": float(np.mean([q.colours for q in quality])),
+            "positions": float(np.mean([q.positions for q in quality])),
             "absent": float(np.mean([q.mentions_absent for q in quality])),
+            "correct": float(np.mean([q.correct for q in quality])),
             "grammatical": float(np.mean([q.grammatical for q in quality]))}
 
 

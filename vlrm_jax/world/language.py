@@ -18,6 +18,7 @@ grammar), and `check` says what a caption gets right or wrong about a scene.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import re
 
@@ -123,14 +124,25 @@ def mispair(d: Description, scene: shapes.Scene, rng: np.random.Generator) -> De
     return None
 
 
-def _corrupt_as(kind: str, d: Description, scene: shapes.Scene, rng) -> Description | None:
+def misplace(d: Description, scene: shapes.Scene, rng: np.random.Generator) -> Description | None:
+    """`d` with one object whose position it states put in another cell, such that no scene object
+    fits it there: every word but the position is right. None when `d` states no position."""
+    for i in rng.permutation(len(d.objects)):
+        if d.with_position[int(i)]:
+            out = _corrupt_as("position", d, scene, rng, index=int(i))
+            if out is not None:
+                return out
+    return None
+
+
+def _corrupt_as(kind: str, d: Description, scene: shapes.Scene, rng, index: int | None = None) -> Description | None:
     if kind == "background":
         wrong = [c for c in shapes.BACKGROUND_COLOURS if c != scene.background]
         template = d.template if d.background is not None else int(rng.integers(len(shapes.FULL_TEMPLATES)))
         return dataclasses.replace(d, background=str(rng.choice(wrong)), template=template)
     if kind == "extra":
         return _with_extra_object(d, scene, rng)
-    i = int(rng.integers(len(d.objects)))
+    i = int(rng.integers(len(d.objects))) if index is None else index
     obj, size, position = d.objects[i], d.with_size[i], d.with_position[i]
     if kind == "size" and not size or kind == "position" and not position:
         return None
@@ -143,6 +155,14 @@ def _corrupt_as(kind: str, d: Description, scene: shapes.Scene, rng) -> Descript
     return _replace_object(d, i, options[int(rng.integers(len(options)))])
 
 
+def _insert_object(d: Description, obj: shapes.SceneObject) -> Description:
+    """`d` with `obj` added, stated with size and position, in cell order as captions list objects."""
+    order = sorted(range(len(d.objects) + 1), key=lambda j: (d.objects + (obj,))[j].cell)
+    pick = lambda seq, extra: tuple((tuple(seq) + (extra,))[j] for j in order)  # noqa: E731
+    return dataclasses.replace(d, objects=pick(d.objects, obj), with_size=pick(d.with_size, True),
+                               with_position=pick(d.with_position, True))
+
+
 def _with_extra_object(d: Description, scene: shapes.Scene, rng) -> Description | None:
     free = [c for c in range(shapes.GRID ** 2) if c not in {o.cell for o in d.objects}]
     colours = [c for c in shapes.OBJECT_COLOURS if c != scene.background]
@@ -150,11 +170,28 @@ def _with_extra_object(d: Description, scene: shapes.Scene, rng) -> Description 
         obj = shapes.SceneObject(str(rng.choice(shapes.SHAPES)), str(rng.choice(colours)),
                                  str(rng.choice(shapes.SIZES)), int(rng.choice(free)))
         if not describes(obj, False, False, scene):  # its colour-shape pair is nowhere in the scene
-            order = sorted(range(len(d.objects) + 1), key=lambda j: (d.objects + (obj,))[j].cell)
-            pick = lambda seq, extra: tuple((tuple(seq) + (extra,))[j] for j in order)  # noqa: E731
-            return dataclasses.replace(d, objects=pick(d.objects, obj), with_size=pick(d.with_size, True),
-                                       with_position=pick(d.with_position, True))
+            return _insert_object(d, obj)
     return None
+
+
+def add_confusable(d: Description, scene: shapes.Scene, rng: np.random.Generator) -> Description | None:
+    """`d` with one object more, made only of the scene's own words: a colour and a shape of scene
+    objects, either mispaired ("a blue circle" beside a red circle and a blue star) or a second
+    copy of an object `d` already names, at a cell where the scene has nothing. The text then
+    names more objects of that colour-shape pair than the scene holds. This is what an RL policy
+    invents once its reward model checks each word against the scene but not the count or the
+    pairing of the objects. None when the scene has no empty cell."""
+    free = [c for c in range(shapes.GRID ** 2) if c not in {o.cell for o in scene.objects}]
+    if not free:
+        return None
+    held = collections.Counter((o.colour, o.shape) for o in scene.objects)
+    named = collections.Counter((o.colour, o.shape) for o in d.objects)
+    pairs = sorted({(o.colour, p.shape) for o in scene.objects for p in scene.objects})
+    pairs = [pair for pair in pairs if named[pair] >= held[pair]]  # one more of it is then false
+    if not pairs:
+        return None
+    colour, shape = pairs[int(rng.integers(len(pairs)))]
+    return _insert_object(d, shapes.SceneObject(shape, colour, str(rng.choice(shapes.SIZES)), int(rng.choice(free))))
 
 
 def match_target(d: Description, scene: shapes.Scene, floor: float) -> float:

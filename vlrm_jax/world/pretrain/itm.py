@@ -18,8 +18,8 @@ from vlrm_jax.models.qformer import QFormerConfig
 from vlrm_jax.models.vit import VisionConfig
 from vlrm_jax.training import step_rng
 from vlrm_jax.world import shapes
-from vlrm_jax.world.language import (Description, complete_description, corrupt, match_target, mispair,
-                                     partial_description, render_description, terse_description)
+from vlrm_jax.world.language import (Description, add_confusable, complete_description, corrupt, match_target,
+                                     misplace, mispair, partial_description, render_description, terse_description)
 from vlrm_jax.world.pretrain.encoder import pretrain_encoder, vision_metrics, vit_tokens
 from vlrm_jax.world.pretrain.inputs import (WordPieceIds, blip2_pixels, chunked, load_tokenizer, tokenizer_files,
                                            vision_states)
@@ -30,21 +30,24 @@ TEXTS_PER_IMAGE = 4  # two (correct, wrong) pairs, see itm_texts
 
 
 def itm_texts(scene: shapes.Scene, other: shapes.Scene, rng: np.random.Generator,
-              floor: float, mispaired: float = 0.0) -> list[tuple[str, float]]:
+              floor: float, mispaired: float = 0.0, misplaced: float = 0.0) -> list[tuple[str, float]]:
     """Two (correct, wrong) pairs of (text, match target) for one image:
     the full caption (1) and the same caption with one detail made wrong (0); a true partial or
     terse description (graded, see match_target) and the same with one detail made wrong, or now
     and then another scene's full caption (0). Pairs that differ in one detail are what teaches
     the ITM to check every detail (the ranking term of itm_loss compares them). A share
     `mispaired` of the wrong details pairs a colour and a shape of the scene that belong to
-    different objects (language.mispair), where the scene allows it."""
+    different objects (language.mispair), where the scene allows it; a share `misplaced`, drawn
+    first, puts one object whose position the text states in a wrong cell (language.misplace)."""
     n_templates = len(shapes.FULL_TEMPLATES)
     full = complete_description(scene, int(rng.integers(n_templates)))
     partial = terse_description(scene) if rng.random() < 0.2 else partial_description(scene, rng)
 
     def wrong(d):
-        # no draw at 0, so the default's texts (and the cached ITM) stay those of before
-        out = mispair(d, scene, rng) if mispaired and rng.random() < mispaired else None
+        # no draw at 0, so the texts (and cached ITMs) of configs without the option stay as they were
+        out = misplace(d, scene, rng) if misplaced and rng.random() < misplaced else None
+        if out is None and mispaired and rng.random() < mispaired:
+            out = mispair(d, scene, rng)
         return render_description(out if out is not None else corrupt(d, scene, rng))
 
     if rng.random() < 0.2:
@@ -129,7 +132,8 @@ def train_itm(ctx: StageContext) -> StageResult:
 
 def _itm_batch_texts(split: shapes.Split, index: int, scfg, rng) -> list[tuple[str, float]]:
     other = (index + 1 + int(rng.integers(len(split) - 1))) % len(split) if len(split) > 1 else index
-    return itm_texts(split.scenes[index], split.scenes[other], rng, scfg.partial_floor, scfg.get("mispaired", 0.0))
+    return itm_texts(split.scenes[index], split.scenes[other], rng, scfg.partial_floor, scfg.get("mispaired", 0.0),
+                     scfg.get("misplaced", 0.0))
 
 
 def itm_preferences(model: Blip2Itm, split: shapes.Split, encode: WordPieceIds, scfg) -> dict:
@@ -150,7 +154,32 @@ def itm_preferences(model: Blip2Itm, split: shapes.Split, encode: WordPieceIds, 
     out["full_beats_full_wrong"] = float(np.mean(logits["full"] > logits["full_wrong"]))
     out["terse_beats_terse_wrong"] = float(np.mean(logits["terse"] > logits["terse_wrong"]))
     out.update(pairing_preferences(match, split, pixels, encode, rng))
+    # the full caption against itself with one object in a wrong cell (every other word right)
+    place_rng = np.random.default_rng(np.random.SeedSequence([scfg.seed, 10 ** 6 + 2]))
+    misplaced = [render_description(misplace(complete_description(s), s, place_rng)) for s in split.scenes]
+    out["full_beats_misplaced"] = float(np.mean(logits["full"] > match(pixels, *encode(misplaced))))
+    out["confusable_extra_wins"] = confusable_extra_wins(match, split, pixels, encode, scfg.seed)
     return out
+
+
+def confusable_extra_wins(match: Callable, split: shapes.Split, pixels, encode: WordPieceIds, seed: int) -> float:
+    """How often a true description of some of the scene's objects (each with size and position,
+    as the RL policy writes them) scores below the same with one object added from the scene's
+    own words that the scene does not hold (language.add_confusable): the reward for inventing.
+    The RL policy's invented objects were of this kind: mispaired, or a stated object again."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 10 ** 6 + 1]))
+    rows, alone, extra = [], [], []
+    for k, scene in enumerate(split.scenes):
+        d = partial_description(scene, rng)
+        d = dataclasses.replace(d, with_size=(True,) * len(d.objects), with_position=(True,) * len(d.objects))
+        more = add_confusable(d, scene, rng)
+        if more is not None:
+            rows.append(k)
+            alone.append(render_description(d))
+            extra.append(render_description(more))
+    if not rows:
+        return float("nan")
+    return float(np.mean(match(pixels[rows], *encode(extra)) > match(pixels[rows], *encode(alone))))
 
 
 def pairing_preferences(match: Callable, split: shapes.Split, pixels, encode: WordPieceIds, rng) -> dict:
