@@ -59,7 +59,7 @@ def _demo() -> dict:
     # 0.96 shape accuracy in 2000 steps / 60 s; 64 px with patch 8 only 0.51 after 1500 steps / 5 min.
     image_size, patch_size, vit_width = 63, 21, 64
     # Sizes are set by the CPU budget (about 60 GFLOP/s on 2 cores): the four stages take about
-    # 21 minutes of the demo's 26 (fresh clone, 2026-12-04), the RL runs 3.5.
+    # 18 minutes of the demo's 23 (fresh clone, 2026-12-04), the RL runs 3.5.
     vision = dict(hidden_size=vit_width, intermediate_size=256, num_hidden_layers=3,
                   num_attention_heads=4, image_size=image_size, patch_size=patch_size)
     text = dict(hidden_size=96, ffn_dim=384, num_hidden_layers=3, num_attention_heads=4,
@@ -107,7 +107,7 @@ def _demo() -> dict:
             seed=3, qformer=qformer, num_query_tokens=8,
             # 3000 steps, not 1500: with the binding ITM above, RL pays only for objects read
             # right, and the 1500-step captioner read too few secondary objects right (VLRM R@1
-            # 0.206, absent 0.230; with 3000 0.380, 0.284; 2-core CPU).
+            # 0.206, absent 0.230; with 3000 0.380, 0.284; 2-core CPU, before the ViT kept positions).
             steps=3000, batch_size=64,
             # "sized" ("a large red circle", the salient object only) or the world's "terse"
             # ("a red circle"): the paper's beam search asks for at least 4 new tokens, and a
