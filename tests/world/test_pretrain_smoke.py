@@ -230,4 +230,3 @@ def test_misplaced_negatives_take_their_share_of_the_wrong_texts(scenes):
         return np.mean([not c.absent and len(c.wrong) == 1 and c.wrong[0].endswith(": position") for c in checks])
 
     assert rate(0.0) < 0.3 and rate(1.0) == 1.0  # full captions state every position
-

@@ -87,6 +87,12 @@ def partial_description(scene: shapes.Scene, rng: np.random.Generator) -> Descri
     return Description(objects, tuple(map(bool, flags[0])), tuple(map(bool, flags[1])), background, template)
 
 
+def empty_cells(scene: shapes.Scene) -> list[int]:
+    """The grid cells no scene object is in, in order."""
+    taken = {o.cell for o in scene.objects}
+    return [c for c in range(shapes.GRID ** 2) if c not in taken]
+
+
 def describes(obj: shapes.SceneObject, size: bool, position: bool, scene: shapes.Scene) -> bool:
     """Whether some scene object fits what a description says of `obj`."""
     return any(o.colour == obj.colour and o.shape == obj.shape and (not size or o.size == obj.size)
@@ -128,10 +134,9 @@ def misplace(d: Description, scene: shapes.Scene, rng: np.random.Generator) -> D
     """`d` with one object whose position it states put in another cell, such that no scene object
     fits it there: every word but the position is right. None when `d` states no position."""
     for i in rng.permutation(len(d.objects)):
-        if d.with_position[int(i)]:
-            out = _corrupt_as("position", d, scene, rng, index=int(i))
-            if out is not None:
-                return out
+        out = _corrupt_as("position", d, scene, rng, index=int(i))  # None where no position is stated
+        if out is not None:
+            return out
     return None
 
 
@@ -181,7 +186,7 @@ def add_confusable(d: Description, scene: shapes.Scene, rng: np.random.Generator
     names more objects of that colour-shape pair than the scene holds. This is what an RL policy
     invents once its reward model checks each word against the scene but not the count or the
     pairing of the objects. None when the scene has no empty cell."""
-    free = [c for c in range(shapes.GRID ** 2) if c not in {o.cell for o in scene.objects}]
+    free = empty_cells(scene)
     if not free:
         return None
     held = collections.Counter((o.colour, o.shape) for o in scene.objects)

@@ -18,8 +18,8 @@ from vlrm_jax.models.qformer import QFormerConfig
 from vlrm_jax.models.vit import VisionConfig
 from vlrm_jax.training import step_rng
 from vlrm_jax.world import shapes
-from vlrm_jax.world.language import (Description, add_confusable, complete_description, corrupt, match_target,
-                                     misplace, mispair, partial_description, render_description, terse_description)
+from vlrm_jax.world.language import (Description, add_confusable, complete_description, corrupt, empty_cells,
+                                     match_target, misplace, mispair, partial_description, render_description, terse_description)
 from vlrm_jax.world.pretrain.encoder import pretrain_encoder, vision_metrics, vit_tokens
 from vlrm_jax.world.pretrain.inputs import (WordPieceIds, blip2_pixels, chunked, load_tokenizer, tokenizer_files,
                                            vision_states)
@@ -177,9 +177,7 @@ def confusable_extra_wins(match: Callable, split: shapes.Split, pixels, encode: 
             rows.append(k)
             alone.append(render_description(d))
             extra.append(render_description(more))
-    if not rows:
-        return float("nan")
-    return float(np.mean(match(pixels[rows], *encode(extra)) > match(pixels[rows], *encode(alone))))
+    return beats(match, pixels, encode, rows, extra, alone)
 
 
 def pairing_preferences(match: Callable, split: shapes.Split, pixels, encode: WordPieceIds, rng) -> dict:
@@ -202,17 +200,22 @@ def pairing_preferences(match: Callable, split: shapes.Split, pixels, encode: Wo
         salient = shapes.most_salient(scene)
         phrase = Description((salient,), (True,), (True,), None)
         twin = mispair(phrase, scene, rng)
-        free = [c for c in range(shapes.GRID ** 2) if c not in {o.cell for o in scene.objects}]
+        free = empty_cells(scene)
         if twin is not None and free:
             added = dataclasses.replace(twin.objects[0], cell=int(rng.choice(free)))
             rows_extra.append(k)
             alone.append(render_description(phrase))
             extra.append(render_description(Description((salient, added), (True, True), (True, True), None)))
+    return {"pairing": beats(match, pixels, encode, rows, true, wrong),
+            "mispaired_extra_wins": beats(match, pixels, encode, rows_extra, extra, alone)}
 
-    def beats(rows_, a, b):  # nan where no scene allows the test (a smoke world of a few scenes)
-        return float(np.mean(match(pixels[rows_], *encode(a)) > match(pixels[rows_], *encode(b)))) if rows_ else float("nan")
 
-    return {"pairing": beats(rows, true, wrong), "mispaired_extra_wins": beats(rows_extra, extra, alone)}
+def beats(match: Callable, pixels, encode: WordPieceIds, rows: list[int], a: list[str], b: list[str]) -> float:
+    """How often text a[j] scores above b[j] on image rows[j]; nan where no scene allowed the test
+    (a smoke world of a few scenes)."""
+    if not rows:
+        return float("nan")
+    return float(np.mean(match(pixels[rows], *encode(a)) > match(pixels[rows], *encode(b))))
 
 
 def match_logit_fn(model: Blip2Itm) -> Callable:
