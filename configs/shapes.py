@@ -109,6 +109,13 @@ def _demo() -> dict:
             # right, and the 1500-step captioner read too few secondary objects right (VLRM R@1
             # 0.206, absent 0.230; with 3000 0.380, 0.284; 2-core CPU, before the ViT kept positions).
             steps=3000, batch_size=64,
+            # Scenes of the captioner's own stream beside the 6000 training scenes (40000 in all;
+            # scenes cost 0.4 ms each). On the training scenes alone it fit its 1800 full captions:
+            # teacher-forced on held-out full captions it read a listed object's colour right 75 %
+            # of the time (83 % on training scenes), and its beam captions named an absent object
+            # in 26 % of their second mentions. With them: base R@1 0.278 -> 0.428, objects
+            # 1.31 -> 1.72, absent 0.174 -> 0.190 (2-core CPU, same 3000 steps, 501 s).
+            extra_scenes=34000,
             # "sized" ("a large red circle", the salient object only) or the world's "terse"
             # ("a red circle"): the paper's beam search asks for at least 4 new tokens, and a
             # 3-token target then comes out padded ("a brown orange circle", measured).
@@ -160,7 +167,7 @@ def _smoke() -> dict:
                                                   max_position_embeddings=64),
                       num_query_tokens=4, image_text_hidden_size=16, steps=4, batch_size=4)
     cfg["itm"]["vision_pretrain"].update(n_scenes=16, steps=4, batch_size=8)
-    cfg["captioner"].update(qformer=qformer, num_query_tokens=4, steps=4, batch_size=8)
+    cfg["captioner"].update(qformer=qformer, num_query_tokens=4, steps=4, batch_size=8, extra_scenes=8)
     cfg["clip"].update(model=_open_clip_model(16, image_size, patch_size, vision=(1, 32, 16),
                                               text=(1, 32, 2), context=64),
                        steps=4, batch_size=8)

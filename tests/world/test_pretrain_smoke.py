@@ -172,6 +172,29 @@ def test_encoder_pool_is_its_own_deterministic_stream(smoke_cfg):
         encoder_scenes(ctx, dict(n_scenes=-1))
 
 
+def test_captioner_scenes_add_a_stream_of_their_own_after_the_training_split(smoke_cfg):
+    from vlrm_jax.world.pretrain.captioner import captioner_scenes
+
+    world = demo.make_world(smoke_cfg.world)
+    ctx = pretrain.StageContext(None, smoke_cfg, world, {})
+    n_train, extra = len(world.train), smoke_cfg.captioner.extra_scenes
+    scenes, again = captioner_scenes(ctx), captioner_scenes(ctx)
+    assert len(scenes) == n_train + extra > n_train and scenes.scenes == again.scenes
+    assert scenes.scenes[:n_train] == world.train.scenes
+    np.testing.assert_array_equal(scenes.images[:n_train], world.train.images)
+    added = set(scenes.scenes[n_train:])
+    encoder = set(shapes.generate_split(smoke_cfg.world.seed, shapes.ENCODER_SPLIT, extra, smoke_cfg.world.image_size).scenes)
+    assert not added & (set(world.train.scenes) | set(world.test.scenes) | encoder)
+    for n, expect in ((0, world.train), (-1, ValueError)):
+        c = pretrain.StageContext(None, load_config("shapes", "smoke"), world, {})
+        c.cfg.captioner.extra_scenes = n
+        if expect is ValueError:
+            with pytest.raises(ValueError, match="extra_scenes"):
+                captioner_scenes(c)
+        else:
+            assert captioner_scenes(c) is expect
+
+
 def test_read_out_accuracy_counts_objects_whole_and_small_shapes_alone(scenes):
     from vlrm_jax.world.pretrain.encoder import CELLS, read_out_accuracy, scene_labels
 

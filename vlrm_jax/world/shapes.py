@@ -255,6 +255,14 @@ def render(scene: Scene, image_size: int = 64, supersample: int = 4) -> np.ndarr
 SPLITS = ("train", "test")
 # Stream of the scenes the image encoders pre-train on (drawn like train, never written).
 ENCODER_SPLIT = len(SPLITS)
+# Stream of the extra scenes the base captioner learns from (drawn like train, never written).
+CAPTIONER_SPLIT = ENCODER_SPLIT + 1
+
+
+def extend_split(split: Split, more: Split) -> Split:
+    """`split` followed by `more`."""
+    return Split(np.concatenate([split.images, more.images]), split.scenes + more.scenes,
+                 split.full + more.full, split.terse + more.terse)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -38,10 +38,24 @@ def short_caption(scene: shapes.Scene, style: str) -> str:
     raise ValueError(f"unknown caption style {style!r}; expected 'terse' or 'sized'")
 
 
-def caption_targets(world: shapes.World, style: str, full_fraction: float, seed: int) -> list[str]:
+def captioner_scenes(ctx: StageContext) -> shapes.Split:
+    """The training split, then `captioner.extra_scenes` more from the captioner's own stream
+    (as BLIP2's captioner saw far more images than the RL data): on the 6000 training scenes alone
+    it fit its 1800 full captions and read the colour of a listed object right only 75 % of the
+    time on held-out scenes (teacher-forced, 83 % on training scenes)."""
+    n = ctx.cfg.captioner.get("extra_scenes", 0)
+    if n < 0:
+        raise ValueError(f"captioner.extra_scenes must be >= 0, got {n}")
+    if not n:
+        return ctx.world.train
+    w = ctx.cfg.world
+    return shapes.extend_split(ctx.world.train, shapes.generate_split(w.seed, shapes.CAPTIONER_SPLIT, n, w.image_size, w.supersample))
+
+
+def caption_targets(scenes: shapes.Split, style: str, full_fraction: float, seed: int) -> list[str]:
     rng = np.random.default_rng(np.random.SeedSequence([seed, 1]))
     return [shapes.full_caption(s) if rng.random() < full_fraction else short_caption(s, style)
-            for s in world.train.scenes]
+            for s in scenes.scenes]
 
 
 def train_captioner(ctx: StageContext) -> StageResult:
@@ -57,9 +71,10 @@ def train_captioner(ctx: StageContext) -> StageResult:
     nnx.update(model.vision_model, nnx.state(itm.vision_model))
     nnx.update(model.language_model, nnx.state(lm))
     tokenizer = load_tokenizer(ctx.tokenizer_dirs["captioner"])
-    ids, mask = opt_ids(tokenizer, caption_targets(ctx.world, scfg.caption_style, scfg.full_caption_fraction, scfg.seed))
+    scenes = captioner_scenes(ctx)
+    ids, mask = opt_ids(tokenizer, caption_targets(scenes, scfg.caption_style, scfg.full_caption_fraction, scfg.seed))
     lm_ids, lm_mask = opt_ids(tokenizer, lm_corpus(ctx.world, ctx.cfg.reference_lm.seed))
-    states = vision_states(model.vision_model, blip2_pixels(ctx.world.train.images, model_cfg.vision.image_size))
+    states = vision_states(model.vision_model, blip2_pixels(scenes.images, model_cfg.vision.image_size))
 
     def batch_at(step):
         rng = step_rng(scfg.seed, step)
