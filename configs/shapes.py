@@ -113,8 +113,8 @@ def _demo() -> dict:
             # scenes cost 0.4 ms each). On the training scenes alone it fit its 1800 full captions:
             # teacher-forced on held-out full captions it read a listed object's colour right 75 %
             # of the time (83 % on training scenes), and its beam captions named an absent object
-            # in 26 % of their second mentions. With them: base R@1 0.278 -> 0.428, objects
-            # 1.31 -> 1.72, absent 0.174 -> 0.190 (2-core CPU, same 3000 steps, 501 s).
+            # in 26 % of their second mentions (12 % with them). With them: base R@1 0.278 -> 0.438,
+            # objects 1.31 -> 1.71, absent 0.174 -> 0.146 (2-core CPU, same 3000 steps, 490 s).
             extra_scenes=34000,
             # "sized" ("a large red circle", the salient object only) or the world's "terse"
             # ("a red circle"): the paper's beam search asks for at least 4 new tokens, and a

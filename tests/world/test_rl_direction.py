@@ -1,4 +1,4 @@
-"""The method's effect, shortened: VLRM trained for 50 updates at three times the demo's learning
+"""The method's effect, shortened: VLRM trained for 100 updates at three times the demo's learning
 rate on the demo's own pre-trained models (a copy in tests/assets/shapes_world) by main.py's
 builder and loop raises the reward and lengthens the captions, as the demo's 300 updates do.
 
@@ -16,7 +16,7 @@ from vlrm_jax.world import pretrain, rl_runs, shapes
 
 ASSET = Path(REPO) / "tests" / "assets" / "shapes_world"
 MODELS = ("captioner", "itm", "reference_lm")  # what the VLRM run reads (CLIP only evaluates)
-STEPS, BATCH, SCENES, LEARNING_RATE = 50, 64, 512, 3e-4
+STEPS, BATCH, SCENES, LEARNING_RATE = 100, 64, 512, 3e-4
 
 
 def test_the_asset_holds_the_models_the_demo_trains_now():
@@ -57,9 +57,9 @@ def test_vlrm_raises_the_reward_and_lengthens_the_captions(short_run):
     assert [m["step"] for m in short_run] == list(range(1, STEPS + 1))
     first, last = short_run[:10], short_run[-10:]
     mean = lambda rows, key: float(np.mean([m[key] for m in rows]))  # noqa: E731
-    # measured: reward -1.93 -> -1.82, length 8.9 -> 10.4 tokens (the captioner starts from 15-word
-    # beam captions, so the rise is slower than with a terse one)
-    assert mean(last, "reward/mean") > mean(first, "reward/mean") + 0.05, (mean(first, "reward/mean"), mean(last, "reward/mean"))
-    assert mean(last, "caption/length") > mean(first, "caption/length") + 1, (mean(first, "caption/length"), mean(last, "caption/length"))
+    # measured (first and last 10 updates): reward -1.87 -> -1.60, length 9.1 -> 11.9 tokens; after
+    # 50 updates the length had risen only 0.5 (the captioner starts from 14-word beam captions)
+    assert mean(last, "reward/mean") > mean(first, "reward/mean") + 0.15, (mean(first, "reward/mean"), mean(last, "reward/mean"))
+    assert mean(last, "caption/length") > mean(first, "caption/length") + 1.5, (mean(first, "caption/length"), mean(last, "caption/length"))
     assert short_run[-1]["skipped"] == 0
 
