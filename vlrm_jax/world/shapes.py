@@ -259,12 +259,6 @@ ENCODER_SPLIT = len(SPLITS)
 CAPTIONER_SPLIT = ENCODER_SPLIT + 1
 
 
-def extend_split(split: Split, more: Split) -> Split:
-    """`split` followed by `more`."""
-    return Split(np.concatenate([split.images, more.images]), split.scenes + more.scenes,
-                 split.full + more.full, split.terse + more.terse)
-
-
 @dataclasses.dataclass(frozen=True)
 class Split:
     images: np.ndarray  # uint8 (N, H, W, 3)
@@ -274,6 +268,12 @@ class Split:
 
     def __len__(self) -> int:
         return len(self.scenes)
+
+
+def extend_split(split: Split, more: Split) -> Split:
+    """`split` followed by `more`."""
+    return Split(np.concatenate([split.images, more.images]), split.scenes + more.scenes,
+                 split.full + more.full, split.terse + more.terse)
 
 
 @dataclasses.dataclass(frozen=True)
