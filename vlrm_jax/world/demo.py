@@ -30,9 +30,6 @@ from vlrm_jax.world import language, shapes
 
 DEFAULT_CONFIG = CONFIG_DIR / "shapes.py"
 RECALL_COLUMNS = ("R@1", "R@5", "R@10", "MRR", "mean_rank")
-# positions: mean positions stated right; absent: share naming absent things; correct: share with
-# nothing false (language.CaptionCheck.correct); grammatical: share parsed by language.parse
-QUALITY_COLUMNS = ("length", "objects", "colours", "positions", "absent", "correct", "grammatical")
 
 
 # ----------------------------------------------------------------------------------------------
