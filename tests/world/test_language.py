@@ -204,3 +204,26 @@ def test_misplacing_moves_one_stated_position_and_nothing_else(scenes):
         assert not got.absent and len(got.wrong) == 1 and got.wrong[0].endswith(": position"), got
     unplaced = language.terse_description(scenes[0])  # states no position
     assert language.misplace(unplaced, scenes[0], rng) is None
+
+
+def test_absent_objects_say_where_they_are_named_and_what_they_are_made_of():
+    scene = Scene("white", (SceneObject("circle", "red", "large", 0), SceneObject("star", "blue", "small", 4)))
+    caption = ("a red circle at the bottom, a red circle at the top left, a blue circle, a green star,"
+               " a red heart, a green heart and a blue star")
+    assert language.absent_objects(caption, scene) == [
+        (0, "repeated"), (2, "mispaired"), (3, "colour"), (4, "shape"), (5, "invented")]
+    assert language.absent_objects(shapes.full_caption(scene), scene) == []
+    assert language.absent_objects("red circle red", scene) is None
+    assert len(language.check(caption, scene).absent) >= 5
+
+
+def test_absent_by_mention_counts_each_place_in_the_caption():
+    from vlrm_jax.world.demo import absent_by_mention
+
+    scene = Scene("white", (SceneObject("circle", "red", "large", 0), SceneObject("star", "blue", "small", 4)))
+    captions = ["a red circle", "a red circle and a green star",
+                "a blue star in the centre, a blue star at the top and a red circle",
+                "circle red"]
+    got = absent_by_mention(captions, [scene] * len(captions))
+    assert got["named"] == [3, 2, 1] and got["absent"] == [0, 2, 0]
+    assert got["kinds"] == {"repeated": 1, "mispaired": 0, "colour": 1, "shape": 0, "invented": 0}

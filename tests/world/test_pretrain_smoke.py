@@ -41,6 +41,9 @@ def test_demo_writes_results_rows_and_columns(first_run):
         lines = (workdir / "rl" / f"{kind}_smoke" / "metrics.jsonl").read_text().splitlines()
         assert [json.loads(ln)["step"] for ln in lines if "eval/R@1" not in ln] == list(range(1, 11))
     assert len((workdir / "test_captions.jsonl").read_text().splitlines()) == summary["base_captions"]["total"]
+    assert set(summary["absent_by_mention"]) == {"base", "VLRM", "VLRM-RS"}
+    for name, places in summary["absent_by_mention"].items():  # the first place counts each grammatical caption
+        assert (places["named"] or [0])[0] == round(rows[name]["grammatical"] * summary["base_captions"]["total"])
     for stage in pretrain.STAGES:
         assert not summary["stages"][stage]["skipped"]
         assert (workdir / "plots" / f"{stage}_loss.png").is_file()

@@ -148,6 +148,28 @@ def salient_counts(captions: list[str], scenes, style: str = "sized") -> dict[st
     return counts
 
 
+def absent_by_mention(captions: list[str], scenes) -> dict:
+    """Where a row's grammatical captions name objects the scene lacks (language.absent_objects):
+    per position in the caption (first object named, second, ...) how many captions name an object
+    there and how many of those are absent, and how many absent objects are of each kind. A row
+    that names more objects has more chances to misread one; this tells the two apart."""
+    named, absent = [], []
+    kinds = dict.fromkeys(language.ABSENT_KINDS, 0)
+    for caption, scene in zip(captions, scenes):
+        found = language.absent_objects(caption, scene)
+        if found is None:
+            continue
+        n = len(language.parse(caption).objects)
+        named += [0] * (n - len(named))
+        absent += [0] * (n - len(absent))
+        for i in range(n):
+            named[i] += 1
+        for i, kind in found:
+            absent[i] += 1
+            kinds[kind] += 1
+    return {"named": named, "absent": absent, "kinds": kinds}
+
+
 def quality_columns(captions: list[str], scenes) -> dict[str, float]:
     """Mean length; objects, colours and positions stated right; the share naming something absent
     (language.check: the parse where the caption is grammatical, the word-level reading where it
@@ -285,6 +307,7 @@ def run(workdir: str | Path, cfg, background: bool = True, rl: bool = True, smok
         "stages": {name: {k: v for k, v in dataclasses.asdict(r).items() if k not in ("folder",)}
                    for name, r in stages.items()},
         "base_captions": {**counts, "total": len(captions)}, "rows": rows,
+        "absent_by_mention": {name: absent_by_mention(texts, world.test.scenes) for name, texts in all_captions.items()},
     }
     (wd.root / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     _report(summary, wd)
@@ -306,6 +329,10 @@ def _report(summary: dict, wd) -> None:
     print(f"\nbase captions naming exactly the salient object: {c['names_only_salient']}/{n}; naming it among "
           f"others: {c['names_salient']}/{n}; naming an object of the scene first: {c['first_is_scene_object']}/{n}; "
           f"exactly the training caption: {c['exact_target']}/{n}; grammatical: {c['grammatical']}/{n}")
+    print("absent objects by their place in the caption (absent / named), and of what they are made:")
+    for name, a in summary["absent_by_mention"].items():
+        places = ", ".join(f"{bad / n:.1%} of {n}" for bad, n in zip(a["absent"], a["named"]))
+        print(f"  {name:8s} {places}; " + ", ".join(f"{k} {v}" for k, v in a["kinds"].items()))
     print(f"wrote {wd.root / 'results.json'}, {wd.root / 'examples.png'}; total {summary['seconds']:.0f} s")
 
 

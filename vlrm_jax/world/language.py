@@ -403,6 +403,40 @@ def check(caption: str, scene: shapes.Scene) -> CaptionCheck:
                         tuple(wrong), tuple(absent), len(scene.objects))
 
 
+# What an absent object is made of (`absent_objects`), from the closest to the scene to the farthest.
+ABSENT_KINDS = ("repeated", "mispaired", "colour", "shape", "invented")
+
+
+def absent_objects(caption: str, scene: shapes.Scene) -> list[tuple[int, str]] | None:
+    """(index among the caption's objects, kind) of every object the caption names that the scene
+    lacks, as `check` matches them; None when the caption is outside the grammar. Kinds:
+    "repeated", a colour-shape pair the scene holds, named more often than it holds it;
+    "mispaired", the colour and the shape of scene objects that no object pairs; "colour" / "shape",
+    only the shape / only the colour is on some scene object; "invented", neither is."""
+    reading = parse(caption)
+    if reading is None:
+        return None
+    matched = dict(_match(reading.objects, scene.objects))
+    pairs = {(o.colour, o.shape) for o in scene.objects}
+    colours, shape_words = {o.colour for o in scene.objects}, {o.shape for o in scene.objects}
+    out = []
+    for i, m in enumerate(reading.objects):
+        if i in matched:
+            continue
+        if (m.colour, m.shape) in pairs:
+            kind = "repeated"
+        elif m.colour in colours and m.shape in shape_words:
+            kind = "mispaired"
+        elif m.shape in shape_words:
+            kind = "colour"
+        elif m.colour in colours:
+            kind = "shape"
+        else:
+            kind = "invented"
+        out.append((i, kind))
+    return out
+
+
 def _match(mentions: tuple[Mention, ...], objects: tuple[shapes.SceneObject, ...]) -> list[tuple[int, int]]:
     """Mention -> scene object pairs of the same colour and shape, one-to-one: as many pairs as
     possible, then as many stated sizes and positions right as possible."""
