@@ -5,7 +5,7 @@ PIP := $(VENV)/bin/pip
 # The torch build that lies on this machine's disk (open_clip needs torchvision beside it).
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install test test-slow test-gpu demo test-world-asset clean
+.PHONY: install test test-slow test-gpu demo sweep test-world-asset clean
 
 install: $(VENV)/.installed
 
@@ -39,6 +39,14 @@ test-gpu: install
 
 demo: install
 	$(PY) -m vlrm_jax.world.demo --workdir runs/shapes
+
+# The demo's RL rows again over seeds 0 1 2 (after `make demo`; nothing is pre-trained again):
+# runs/shapes/sweeps/config/results.json and seeds.png. A change: SET="KEY=VALUE ..." TAG=name
+# (values without spaces, e.g. SET="reward.extra_exempt_words=('and','small')").
+SEEDS ?= 0 1 2
+TAG ?= config
+sweep: install
+	$(PY) -m vlrm_jax.world.sweep --workdir runs/shapes --seeds $(SEEDS) --tag $(TAG) $(foreach s,$(SET),--set "$(s)")
 
 # The demo's pre-trained models that tests/world/test_rl_direction.py trains VLRM from (6 MB):
 # refresh after a change to configs/shapes.py's pre-training and a `make demo`.

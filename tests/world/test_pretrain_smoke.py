@@ -94,6 +94,38 @@ def test_second_run_reuses_every_stage_and_gives_the_same_results(first_run, smo
     assert again["rows"] == summary["rows"]
 
 
+@pytest.mark.slow  # four smoke RL runs and three evaluations
+def test_seed_sweep_rows_spread_reuse_and_determinism(first_run):
+    from vlrm_jax.world import sweep
+
+    workdir, summary = first_run
+    first = sweep.run(workdir, [0, 1], tag="a", kinds=["vlrm"], smoke=True, processes=1)
+    assert set(first["rows"]) == {"REF", "base", "VLRM s0", "VLRM s1"}
+    assert first["rows"]["base"] == summary["rows"]["base"]
+    runs = workdir / "sweeps" / "a" / "rl"
+
+    def training(folder):  # metrics.jsonl less its timings
+        lines = (folder / "metrics.jsonl").read_text().splitlines()
+        return [{k: v for k, v in json.loads(line).items() if not k.startswith("time/")} for line in lines]
+
+    metrics = {s: training(runs / f"vlrm_s{s}") for s in (0, 1)}
+    written = (runs / "vlrm_s0" / "metrics.jsonl").read_text()
+    assert metrics[0] != metrics[1]  # another seed samples other captions
+    r = [first["rows"][f"VLRM s{s}"]["R@1"] for s in (0, 1)]
+    assert first["spread"]["VLRM"]["R@1"]["mean"] == pytest.approx(np.mean(r))
+    assert (workdir / "sweeps" / "a" / "seeds.png").is_file()
+    # the same seed in another folder: the same run, to the last digit
+    other = sweep.run(workdir, [0], tag="b", kinds=["vlrm"], smoke=True, processes=1)
+    assert other["rows"]["VLRM s0"] == first["rows"]["VLRM s0"]
+    assert training(workdir / "sweeps" / "b" / "rl" / "vlrm_s0") == metrics[0]
+    # asked again, a finished run is reused (its timings too), and a change retrains
+    again = sweep.run(workdir, [0], tag="a", kinds=["vlrm"], smoke=True, processes=1)
+    assert (runs / "vlrm_s0" / "metrics.jsonl").read_text() == written
+    assert again["rows"]["VLRM s0"] == first["rows"]["VLRM s0"]
+    sweep.run(workdir, [0], tag="a", overrides=["a2c.learning_rate=1e-3"], kinds=["vlrm"], smoke=True, processes=1)
+    assert training(runs / "vlrm_s0") != metrics[0]
+
+
 @pytest.mark.slow
 def test_changed_stage_retrains_itself_and_its_dependents(first_run, smoke_cfg, tmp_path):
     workdir, _ = first_run

@@ -50,13 +50,17 @@ def policy_dir(root: Path, kind: str) -> Path:
 
 
 def train_policy(root: Path, kind: str, smoke: bool, progress: bool = True) -> Path:
-    """Train (or resume, or reuse) one RL run and export its policy; returns the policy folder."""
+    """Train (or resume, or reuse) one of the demo's RL runs and export its policy; returns the policy folder."""
+    return train_and_export(run_config(root, kind, smoke), policy_dir(root, kind), progress)
+
+
+def train_and_export(cfg, policy: Path, progress: bool = True) -> Path:
+    """Train (or resume, or reuse) the run `cfg` describes and export its policy to `policy`."""
     import dataclasses
 
     from vlrm_jax.rl import loop, run
     from vlrm_jax.rl.export import export
 
-    cfg = run_config(root, kind, smoke)
     workdir = Path(cfg.workdir)
     saved, models = workdir / run.RUN_CONFIG, workdir / MODELS_FILE
     fingerprint = _models_fingerprint(cfg)
@@ -68,8 +72,8 @@ def train_policy(root: Path, kind: str, smoke: bool, progress: bool = True) -> P
     step, stream, loop_cfg, hooks, captioner_dir = run.build(cfg)
     run.save_run_config(cfg, captioner_dir)
     loop.train(step, stream, dataclasses.replace(loop_cfg, progress=progress), cfg.seed, hooks)
-    export(str(workdir), str(policy_dir(root, kind)), overwrite=True)
-    return policy_dir(root, kind)
+    export(str(workdir), str(policy), overwrite=True)
+    return Path(policy)
 
 
 def _child(root: str, kind: str, smoke: bool) -> None:
