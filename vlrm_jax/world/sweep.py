@@ -4,7 +4,7 @@ numbers can be trusted, and what a change does beyond the spread between seeds.
     python -m vlrm_jax.world.sweep --seeds 0 1 2                       # the runs as the demo trains them
     python -m vlrm_jax.world.sweep --seeds 0 1 2 --tag lr5e-5 --set a2c.learning_rate=5e-5
 
-It reads a finished `make demo` (its world and four pre-trained models; nothing is retrained),
+It reads a finished `make demo` (its world and four pre-trained models, which it does not train again),
 trains VLRM and VLRM-RS once per seed with the demo's run builder (configs/shapes_rl.py, plus the
 --set changes; two runs at a time, as the demo does), evaluates every policy with the demo's
 evaluation and writes under WORKDIR/sweeps/TAG/: rl/KIND_sSEED/ (the runs), models/KIND_sSEED/
