@@ -288,7 +288,7 @@ def run(workdir: str | Path, cfg, background: bool = True, rl: bool = True, smok
     policies = {}
     if rl:
         trained = rl_runs.train_all(wd.root, smoke, parallel=background)
-        policies = {"VLRM": trained["vlrm"], "VLRM-RS": trained["vlrm_rs"]}
+        policies = {rl_runs.LABELS[kind]: folder for kind, folder in trained.items()}
         rl_runs.plot_training(rl_runs.training_curves(wd.root, smoke), wd.root / "plots" / "rl_training.png")
     rl_seconds = time.perf_counter() - rl_start
     eval_start = time.perf_counter()

@@ -15,6 +15,7 @@ from pathlib import Path
 from vlrm_jax.config_utils import load_config
 
 KINDS = ("vlrm", "vlrm_rs")
+LABELS = {"vlrm": "VLRM", "vlrm_rs": "VLRM-RS"}  # the rows of the demo's table
 CONFIG_ROOT = Path("runs/shapes")  # the root configs/shapes_rl.py names; moved to the demo's workdir
 
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from vlrm_jax.world import rl_runs
 
-LABELS = {"vlrm": "VLRM", "vlrm_rs": "VLRM-RS"}
+LABELS = rl_runs.LABELS
 SPREAD_COLUMNS = ("R@1", "R@5", "MRR", "length", "objects", "positions", "absent", "correct", "grammatical",
                   "ref_logprob")
 FIXED_KEYS = ("seed", "workdir")  # what the sweep itself sets per run
@@ -42,19 +42,19 @@ def apply_overrides(cfg, assignments: Sequence[str]) -> None:
             raise ValueError(f"--set {text!r}: expected KEY=VALUE, e.g. a2c.learning_rate=5e-5")
         if key in FIXED_KEYS:
             raise ValueError(f"--set {text!r}: {key} is set by the sweep itself (use --seeds / --tag)")
-        *path, last = key.split(".")
+        keys = key.split(".")
         node = cfg
-        for depth, part in enumerate(path + [last]):
+        for depth, part in enumerate(keys):
             if part not in node:
-                raise KeyError(f"--set {text!r}: the run config has no key {'.'.join((path + [last])[:depth + 1])}")
-            if depth < len(path):
+                raise KeyError(f"--set {text!r}: the run config has no key {'.'.join(keys[:depth + 1])}")
+            if depth < len(keys) - 1:
                 node = node[part]
         try:
             value = ast.literal_eval(raw)
         except (ValueError, SyntaxError):
             value = raw
         try:
-            node[last] = value
+            node[keys[-1]] = value
         except TypeError as err:
             raise TypeError(f"--set {text!r}: {err}") from None
 
@@ -89,9 +89,8 @@ def train_runs(root: Path, tag: str, kinds: Sequence[str], seeds: Sequence[int],
     process (JAX is not fork-safe), or all in this one when 1."""
     from tqdm import tqdm
 
+    sweep_config(Path(root), tag, kinds[0], seeds[0], overrides, smoke)  # a bad --set fails here, before any run
     jobs = [(str(root), tag, kind, seed, tuple(overrides), smoke) for seed in seeds for kind in kinds]
-    for _, _, kind, seed, overrides_, smoke_ in jobs[:1]:
-        sweep_config(Path(root), tag, kind, seed, overrides_, smoke_)  # a bad --set fails here, before any run
     if processes <= 1:
         folders = [_train(job) for job in tqdm(jobs, desc="RL runs", unit="run")]
     else:
@@ -156,13 +155,14 @@ def run(root: str | Path, seeds: Sequence[int], tag: str = "config", overrides: 
     unknown = [k for k in kinds if k not in LABELS]
     if unknown:
         raise ValueError(f"--kinds {unknown}: expected some of {list(LABELS)}")
-    missing = [s for s in ("captioner", "itm", "reference_lm", "clip") if not (root / "models" / s / "config.json").is_file()]
-    if missing or not (root / "world" / "test").is_dir():
+    wd = pretrain.Workdir(root)
+    missing = [s for s in pretrain.STAGES if not (wd.model(s) / "config.json").is_file()]
+    if missing or not (wd.world / "test").is_dir():
         raise FileNotFoundError(f"{root} holds no finished demo (missing: {missing or ['world/test']}); run `make demo` first")
     policies = train_runs(root, tag, kinds, seeds, overrides, smoke, processes)
-    world = shapes.load_world(root / "world")
+    world = shapes.load_world(wd.world)
     eval_cfg = load_config("shapes", "smoke" if smoke else "")
-    rows, _ = demo.evaluate(pretrain.Workdir(root), world, eval_cfg,
+    rows, _ = demo.evaluate(wd, world, eval_cfg,
                             {f"{LABELS[kind]} s{seed}": policies[kind, seed] for seed in seeds for kind in kinds})
     results = {"tag": tag, "overrides": list(overrides), "seeds": list(seeds), "rows": rows,
                "spread": spread(rows, kinds, seeds)}
