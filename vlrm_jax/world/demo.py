@@ -237,28 +237,23 @@ def evaluate(workdir, world: shapes.World, cfg, policies: dict[str, Path] | None
 
 def save_examples(path: Path, split: shapes.Split, captions: dict[str, list[str]], n: int) -> None:
     """The first n test images with each row's caption under them, and the full description."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from vlrm_jax.world.figure import saved_figure
 
     n = min(n, min(map(len, captions.values())))
     cols = min(4, n)
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, (3.2 + 1.3 * len(captions)) * rows), squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    for i, ax in enumerate(axes.ravel()[:n]):
-        ax.imshow(split.images[i], interpolation="nearest")
-        lines = []
-        for name, texts in captions.items():
-            printable = "".join(ch if ch.isprintable() else "?" for ch in texts[i])
-            lines.append("\n".join(textwrap.wrap(f"{name}: {printable}", 38)))
-        lines.append("\n".join(textwrap.wrap(f"REF: {split.full[i]}", 38)))
-        ax.set_title("\n".join(lines), fontsize=7, loc="left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    size = (3.4 * cols, (3.2 + 1.3 * len(captions)) * rows)
+    with saved_figure(path, rows, cols, dpi=110, figsize=size, squeeze=False) as (_, axes):
+        for ax in axes.ravel():
+            ax.axis("off")
+        for i, ax in enumerate(axes.ravel()[:n]):
+            ax.imshow(split.images[i], interpolation="nearest")
+            lines = []
+            for name, texts in captions.items():
+                printable = "".join(ch if ch.isprintable() else "?" for ch in texts[i])
+                lines.append("\n".join(textwrap.wrap(f"{name}: {printable}", 38)))
+            lines.append("\n".join(textwrap.wrap(f"REF: {split.full[i]}", 38)))
+            ax.set_title("\n".join(lines), fontsize=7, loc="left")
 
 
 def write_captions(path: Path, split: shapes.Split, captions: list[str]) -> None:

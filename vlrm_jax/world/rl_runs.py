@@ -110,23 +110,16 @@ def training_curves(root: Path, smoke: bool) -> dict[str, list[dict]]:
 
 def plot_training(curves: dict[str, list[dict]], path: Path) -> None:
     """Reward parts, caption length and held-out R@1 over the training steps of both runs."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from vlrm_jax.world.figure import saved_figure
 
     panels = [("reward/mean", "reward"), ("reward/sim", "ITM sim"), ("reward/ref", "ref log-prob"),
               ("caption/length", "sampled length (tokens)"), ("eval/R@1", "test R@1 (beam 5)")]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
-    for ax, (key, title) in zip(axes, panels):
-        for kind, rows in curves.items():
-            points = [(r["step"], r[key]) for r in rows if key in r]
-            if points:
-                steps, values = zip(*points)
-                ax.plot(steps, values, marker="o" if key.startswith("eval/") else None, lw=1, label=kind)
-        ax.set(title=title, xlabel="step")
-    axes[0].legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with saved_figure(path, 1, len(panels), figsize=(4 * len(panels), 3.2)) as (_, axes):
+        for ax, (key, title) in zip(axes, panels):
+            for kind, rows in curves.items():
+                points = [(r["step"], r[key]) for r in rows if key in r]
+                if points:
+                    steps, values = zip(*points)
+                    ax.plot(steps, values, marker="o" if key.startswith("eval/") else None, lw=1, label=kind)
+            ax.set(title=title, xlabel="step")
+        axes[0].legend()

@@ -115,31 +115,24 @@ def spread(rows: dict[str, dict], kinds: Sequence[str], seeds: Sequence[int]) ->
 def plot_seeds(rows: dict[str, dict], kinds: Sequence[str], seeds: Sequence[int], path: Path, title: str) -> None:
     """Left: objects stated correctly against the share naming something absent, one point per
     run, the base's point and the base's share + 0.02; right: R@1 per seed against the base's."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from vlrm_jax.world.figure import saved_figure
 
     base = rows["base"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    for kind, marker in zip(kinds, "os"):
-        runs = [(seed, rows[f"{LABELS[kind]} s{seed}"]) for seed in seeds]
-        left.scatter([r["objects"] for _, r in runs], [r["absent"] for _, r in runs], marker=marker, label=LABELS[kind])
-        for seed, r in runs:
-            left.annotate(f"s{seed}", (r["objects"], r["absent"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        right.plot(list(seeds), [r["R@1"] for _, r in runs], marker=marker, lw=1, label=LABELS[kind])
-    left.scatter([base["objects"]], [base["absent"]], marker="*", s=120, color="k", label="base")
-    left.axhline(base["absent"] + 0.02, color="grey", ls="--", lw=1, label="base absent + 0.02")
-    left.set(xlabel="objects stated correctly (per caption)", ylabel="share naming something absent")
-    right.axhline(base["R@1"], color="k", ls=":", lw=1, label="base")
-    right.set(xlabel="seed", ylabel="test R@1", xticks=list(seeds))
-    left.legend(fontsize=8)
-    right.legend(fontsize=8)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with saved_figure(path, 1, 2, figsize=(10, 4)) as (fig, (left, right)):
+        for kind, marker in zip(kinds, "os"):
+            runs = [(seed, rows[f"{LABELS[kind]} s{seed}"]) for seed in seeds]
+            left.scatter([r["objects"] for _, r in runs], [r["absent"] for _, r in runs], marker=marker, label=LABELS[kind])
+            for seed, r in runs:
+                left.annotate(f"s{seed}", (r["objects"], r["absent"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            right.plot(list(seeds), [r["R@1"] for _, r in runs], marker=marker, lw=1, label=LABELS[kind])
+        left.scatter([base["objects"]], [base["absent"]], marker="*", s=120, color="k", label="base")
+        left.axhline(base["absent"] + 0.02, color="grey", ls="--", lw=1, label="base absent + 0.02")
+        left.set(xlabel="objects stated correctly (per caption)", ylabel="share naming something absent")
+        right.axhline(base["R@1"], color="k", ls=":", lw=1, label="base")
+        right.set(xlabel="seed", ylabel="test R@1", xticks=list(seeds))
+        left.legend(fontsize=8)
+        right.legend(fontsize=8)
+        fig.suptitle(title, fontsize=10)
 
 
 def run(root: str | Path, seeds: Sequence[int], tag: str = "config", overrides: Sequence[str] = (),
