@@ -1,7 +1,8 @@
 """The method's effect, shortened: VLRM trained for 150 updates at three times the demo's learning
 rate on the demo's own pre-trained models (a copy in tests/assets/shapes_world) by main.py's
-builder and loop raises the reward and lengthens the beam-search captions, as the demo's 300
-updates do; the slow set also runs the demo's own 300 updates at its rate.
+builder and loop (through `rl_runs.train_and_export`, as the demo trains its rows) raises the
+reward and lengthens the beam-search captions, as the demo's 300 updates do; the slow set also
+runs the demo's own 300 updates at its rate.
 
 The copy must be the models `make demo` trains from configs/shapes.py now: a changed pre-training
 config fails the first test, and `make test-world-asset` (after `make demo`) refreshes it."""
@@ -41,13 +42,9 @@ def test_the_asset_holds_the_models_the_demo_trains_now():
 
 @pytest.fixture(scope="module", params=RUNS)
 def short_run(request, tmp_path_factory):
-    import dataclasses
-
     from PIL import Image
 
     from vlrm_jax.api import Captioner
-    from vlrm_jax.rl import loop, run
-    from vlrm_jax.rl.export import export
 
     root = tmp_path_factory.mktemp("direction")
     world_cfg = load_config("shapes", "").world
@@ -63,15 +60,12 @@ def short_run(request, tmp_path_factory):
     cfg.total_steps, cfg.batch_size, cfg.checkpoint_every = steps, BATCH, steps
     cfg.samples_every, cfg.eval_every, cfg.eval.source = 0, 0, ""
     cfg.a2c.learning_rate = learning_rate
-    step, stream, loop_cfg, hooks, captioner_dir = run.build(cfg)
-    run.save_run_config(cfg, captioner_dir)  # what export reads
-    loop.train(step, stream, dataclasses.replace(loop_cfg, progress=False), cfg.seed, hooks)
+    policy = rl_runs.train_and_export(cfg, root / "policy", progress=False)  # what the demo runs per row
     lines = (Path(cfg.workdir) / "metrics.jsonl").read_text().splitlines()
-    export(cfg.workdir, str(root / "policy"))
     images = [Image.fromarray(im) for im in split.images[:CAPTIONED]]
     beam = dict(no_repeat_ngram_size=cfg.eval.no_repeat_ngram_size)  # the paper's beam search, as the demo runs it
     words = {name: [len(c.split()) for c in Captioner.load(str(folder)).caption(images, **beam)]
-             for name, folder in (("base", root / "models" / "captioner"), ("policy", root / "policy"))}
+             for name, folder in (("base", root / "models" / "captioner"), ("policy", policy))}
     return steps, [json.loads(line) for line in lines], words
 
 
