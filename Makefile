@@ -19,8 +19,11 @@ $(VENV)/.installed: setup.py
 # Tests on tiny shapes spend most of their time in XLA's compiler, not in running: LLVM's expensive
 # passes are skipped (a third off the suite's time, the same results), and programs compiled once
 # are shared through JAX's persistent cache between the two workers and across files.
+# JAX_PLATFORMS=cpu: libtpu is installed (tests/aot compile for TPU slices) but no TPU is here; the
+# TPU compile tests build their own compile-only devices, several processes at once.
 TEST_ENV := XLA_FLAGS="--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0 \
-	--xla_llvm_disable_expensive_passes=true" JAX_COMPILATION_CACHE_DIR=$(CURDIR)/.cache/jax-tests
+	--xla_llvm_disable_expensive_passes=true" JAX_COMPILATION_CACHE_DIR=$(CURDIR)/.cache/jax-tests \
+	JAX_PLATFORMS=cpu ALLOW_MULTIPLE_LIBTPU_LOAD=1
 
 test: install
 	# two workers, one test file each at a time (module fixtures build once)

@@ -35,7 +35,8 @@ setup(
         "data": DATA,
         "tpu": ["jax[tpu]>=0.10.2,<0.13"],
         "gpu": ["jax[cuda12]>=0.10.2,<0.13"],
-        # peft: the LoRA side of the PyTorch reference of the A2C step
-        "dev": CONVERT + DATA + ["jax[cpu]>=0.10.2,<0.13", "pytest>=8", "pytest-xdist>=3.5", "peft>=0.17,<0.22"],
+        # peft: the LoRA side of the PyTorch reference of the A2C step; jax[tpu]: libtpu at jax's own
+        # version, which compiles for TPU slices on this CPU machine (tests/aot, python -m vlrm_jax.aot)
+        "dev": CONVERT + DATA + ["jax[cpu,tpu]>=0.10.2,<0.13", "pytest>=8", "pytest-xdist>=3.5", "peft>=0.17,<0.22"],
     },
 )

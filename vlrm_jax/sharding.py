@@ -140,7 +140,10 @@ def constrain(x: jax.Array, axes: Sequence[str | None], mesh: Mesh | None, rules
 def put(x, sharding: NamedSharding) -> jax.Array:
     """`jax.device_put`, also for a mesh that spans processes: there every process holds the
     same whole value (weights each loaded, a seed's key) and keeps the slices its devices own,
-    since jax moves no array between hosts."""
+    since jax moves no array between hosts. A `jax.ShapeDtypeStruct` (an abstract model, built to
+    be compiled and not run) gets the sharding as its own."""
+    if isinstance(x, jax.ShapeDtypeStruct):
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
     if isinstance(x, jax.Array) and x.sharding == sharding:
         return x
     if jax.process_count() > 1 and not (isinstance(x, jax.Array) and not x.is_fully_addressable):

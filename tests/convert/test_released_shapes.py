@@ -46,3 +46,23 @@ def test_blip2_itm_vit_g(tmp_path):
     assert (cfg.vision, cfg.qformer) == (VisionConfig(), QFormerConfig(use_qformer_text_input=True))
     hf_count = _hf_parameter_count(Blip2ForImageTextRetrieval, hf_cfg)
     assert _flax_parameter_count(lambda: Blip2Itm(cfg, rngs=nnx.Rngs(0))) == hf_count
+
+
+@pytest.mark.parametrize("name", ["ViT-g-14", "ViT-bigG-14"])
+def test_released_open_clip_configs_are_open_clips(name):
+    """vlrm_jax.models.released writes open_clip's model configs out (no torch needed to build
+    from shapes); they must stay what open_clip ships."""
+    import open_clip
+
+    from vlrm_jax.models import released
+    from vlrm_jax.models.clip import ClipConfig
+
+    assert released.OPEN_CLIP_MODELS[name] == open_clip.get_model_config(name)
+    assert released.clip(name) == ClipConfig.from_open_clip(open_clip.get_model_config(name))
+
+
+def test_released_blip2_configs_are_the_converters():
+    from vlrm_jax.models import released
+
+    assert released.captioner() == blip2.config_from_hf_config(released_shapes.blip2_opt_2_7b())
+    assert released.itm() == blip2_itm.config_from_hf_config(released_shapes.blip2_itm_vit_g())

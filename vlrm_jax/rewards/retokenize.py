@@ -71,6 +71,22 @@ def clip_token_ids(tokenizer: Callable, texts: Sequence[str], context_length: in
     return np.asarray(ids, dtype=np.int32).reshape(len(texts), context_length)
 
 
+class _ShapesOnly:
+    """A tokenizer stand-in for steps built to be compiled, never run (`vlrm_jax.aot`): the
+    retokenisation's output shapes need only know which tokenizers exist."""
+
+    def __call__(self, *args, **kwargs):
+        raise RuntimeError("this step was built from shapes alone (no tokenizers): it compiles but cannot run")
+
+    batch_decode = __call__
+
+    def __repr__(self) -> str:
+        return "SHAPES_ONLY"
+
+
+SHAPES_ONLY = _ShapesOnly()
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Retokenizer:
     """Host-side conversion of generated captioner ids (B, T) into reward inputs.
@@ -138,6 +154,10 @@ class Retokenizer:
         return shapes
 
 
+def _rank2(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return shape if len(shape) >= 2 else (*shape, 1)
+
+
 def retokenize_sharded(
     retokenizer: Retokenizer,
     generated_ids: jax.Array,
@@ -162,7 +182,16 @@ def retokenize_sharded(
 
     def per_shard(local_ids: jax.Array) -> dict[str, jax.Array]:
         shapes = retokenizer.output_shapes(*local_ids.shape)
-        return jax.pure_callback(retokenizer.host_arrays, shapes, local_ids)
+        # Every result crosses the callback at rank 2 and is reshaped after: the TPU host-callback
+        # lowering (jax 0.10, Shardy) gives all results the first one's sharding, so a (B,) result
+        # beside (B, T) ones fails to lower ("sharding doesn't match tensor rank").
+        lifted = {k: jax.ShapeDtypeStruct(_rank2(s.shape), s.dtype) for k, s in shapes.items()}
+
+        def host(ids):
+            return {k: v.reshape(_rank2(v.shape)) for k, v in retokenizer.host_arrays(ids).items()}
+
+        out = jax.pure_callback(host, lifted, local_ids)
+        return {k: out[k].reshape(shapes[k].shape) for k in shapes}
 
     if mesh is None and jax.sharding.get_abstract_mesh().empty:
         return per_shard(generated_ids)

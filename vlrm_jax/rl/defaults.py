@@ -34,7 +34,11 @@ def base_config() -> ConfigDict:
 
     # Converted folders (python -m convert.blip2 / blip2_itm / open_clip). ref_lm "": the
     # captioner's own OPT-2.7B, the paper's reference LM (held once). dtype of the frozen towers.
-    c.model = ConfigDict(dict(source="folders", captioner="", itm="", ref_lm="", clip="", dtype="bfloat16"))
+    # share_trunk / share_ref_lm: run the ITM's ViT trunk as the captioner's, score `ref` with the
+    # captioner's OPT: "auto" when the loaded weights are equal (the released checkpoints' case,
+    # which a step built from shapes alone assumes), "yes" / "no" without comparing.
+    c.model = ConfigDict(dict(source="folders", captioner="", itm="", ref_lm="", clip="", dtype="bfloat16",
+                              share_trunk="auto", share_ref_lm="auto"))
     c.rollout = ConfigDict(dict(max_new_tokens=60, top_k=6, temperature=2.0))
     # bad_phrases / exempt_words "": the lists shipped in vlrm_jax/assets; extra_exempt_words adds.
     # weights: sim scales the ITM term (with Phi inside it for vlrm_rs), rs is Phi's weight

@@ -18,6 +18,7 @@ import numpy as np
 from vlrm_jax import sharding
 from vlrm_jax.generate.config import GenerationConfig
 from vlrm_jax.models.value import ValueConfig
+from vlrm_jax.rl.assemble import SHARE_CHOICES
 from vlrm_jax.rl.checkpoint import is_url
 from vlrm_jax.rl.config import A2CConfig
 from vlrm_jax.rl.loop import Hooks, LoopConfig
@@ -70,8 +71,12 @@ def _folder(cfg, key: str, kind: str | None = None) -> str:
     return path
 
 
-def validate(cfg) -> dict:
-    """The typed parts of a run config; raises ConfigError naming the first bad key."""
+def validate(cfg, device_count: int | None = None, process_count: int | None = None,
+             check_paths: bool = True) -> dict:
+    """The typed parts of a run config; raises ConfigError naming the first bad key. The mesh is
+    checked against this machine's devices and processes unless others are given (a compile
+    target's); check_paths=False leaves folders and data sources unread (a step built from
+    shapes alone)."""
     from vlrm_jax.checkpoint import kinds
 
     for key in POSITIVE:
@@ -83,7 +88,8 @@ def validate(cfg) -> dict:
     rollout = _dataclass(GenerationConfig, {**dict(cfg.rollout), "do_sample": True}, "rollout")
     if cfg.batch_size % a2c.micro_batches:
         raise ConfigError("batch_size", f"{cfg.batch_size} does not split into a2c.micro_batches={a2c.micro_batches}")
-    shape = _mesh(cfg)
+    shape = _mesh(cfg, jax.device_count() if device_count is None else device_count,
+                  jax.process_count() if process_count is None else process_count)
     rules = _rules_table(cfg)
     split = shape[0] * shape[1]  # data x fsdp: the batch axes
     if cfg.batch_size % split:
@@ -107,6 +113,11 @@ def validate(cfg) -> dict:
             raise ConfigError(f"reward.weights.{key}", f"expected a number >= 0, got {weight!r}")
     if cfg.model.source not in MODEL_SOURCES:
         raise ConfigError("model.source", f"{cfg.model.source!r}: expected one of {MODEL_SOURCES}")
+    for key in ("share_trunk", "share_ref_lm"):
+        if cfg.model[key] not in SHARE_CHOICES:
+            raise ConfigError(f"model.{key}", f"{cfg.model[key]!r}: expected one of {SHARE_CHOICES}")
+    if not check_paths:
+        return dict(a2c=a2c, value=value, rollout=rollout, mesh_shape=shape, rules=rules)
     if cfg.model.source == "folders":
         _folder(cfg, "captioner", kinds.BLIP2_OPT)
         if cfg.reward.kind != "token_count":
@@ -129,7 +140,7 @@ def validate(cfg) -> dict:
     return dict(a2c=a2c, value=value, rollout=rollout, mesh_shape=shape, rules=rules)
 
 
-def _mesh(cfg) -> tuple[int, ...]:
+def _mesh(cfg, present: int, processes: int) -> tuple[int, ...]:
     """(data, fsdp, tensor) sizes. One process may use fewer devices than it has (the first
     ones); several processes must use every device, since each must hold part of the mesh."""
     sizes = dict(cfg.mesh)
@@ -142,13 +153,11 @@ def _mesh(cfg) -> tuple[int, ...]:
             raise ConfigError(f"mesh.{name}", f"expected an integer >= 1 or -1 (the rest of the devices), got {value!r}")
     if list(sizes.values()).count(-1) > 1:
         raise ConfigError("mesh", f"{sizes}: at most one size may be -1")
-    present = jax.device_count()
     fixed = int(np.prod([v for v in sizes.values() if v != -1]))
     total = present if -1 in sizes.values() else fixed
-    if total > present or (jax.process_count() > 1 and total != present):
+    if total > present or (processes > 1 and total != present):
         raise ConfigError("mesh", f"{sizes} needs {total} devices; {present} are present"
-                                  + (f" over {jax.process_count()} processes, and all must be used"
-                                     if jax.process_count() > 1 else ""))
+                                  + (f" over {processes} processes, and all must be used" if processes > 1 else ""))
     try:
         return sharding.mesh_shape(sizes, total)
     except ValueError as e:
@@ -315,13 +324,10 @@ def save_run_config(cfg, captioner_dir: str) -> None:
 
 def build(cfg):
     """(A2CStep, data stream, LoopConfig, Hooks) of a validated config."""
-    from flax import nnx
-
     from vlrm_jax.api import Captioner, ItmScorer, ReferenceLM
     from vlrm_jax.clip_api import ClipModel
-    from vlrm_jax.models.value import ValueNetwork
+    from vlrm_jax.rl.assemble import Models, make_step
     from vlrm_jax.rl.data import ImageStream, RandomStream, open_training_source
-    from vlrm_jax.rl.step import A2CStep
 
     parts = validate(cfg)
     captioner_dir = cfg.model.captioner
@@ -338,16 +344,11 @@ def build(cfg):
     if itm is not None:
         _check_vocabulary("model.itm", cfg.model.itm, itm.module.cfg.qformer.vocab_size)
     scorer = _scorer(cfg, parts["rollout"], captioner, clip)
-    text_cfg = captioner.module.cfg.text
-    value_net = ValueNetwork(parts["value"], text_cfg, rngs=nnx.Rngs(cfg.seed + 1))
+    # no separate reference LM: the captioner's own OPT, held once
+    models = Models(captioner.module, itm.module if itm else None, ref_lm.module if ref_lm else None,
+                    clip.module if clip else None)
+    step = make_step(cfg, parts, models, scorer, jax.devices())
     shape = parts["mesh_shape"]
-    devices = int(np.prod(shape))
-    mesh = sharding.make_mesh(shape, devices=jax.devices()[:devices]) if devices > 1 else None
-    # no separate reference LM: the captioner's own OPT (A2CStep finds them equal and holds one)
-    lm = ref_lm.module if ref_lm is not None else (captioner.module.language_model if cfg.reward.kind == "vlrm" else None)
-    step = A2CStep(parts["a2c"], captioner.module, value_net, scorer, parts["rollout"],
-                   itm=itm.module if itm else None, ref_lm=lm, clip=clip.module if clip else None, mesh=mesh,
-                   rules=parts["rules"])
     rows = step.process_rows(cfg.batch_size)  # this process's share of every batch
     if (rows.stop - rows.start) * jax.process_count() != cfg.batch_size:
         raise ConfigError("mesh", f"{dict(zip(sharding.MESH_AXES, shape))}: processes share rows of the batch "

@@ -73,8 +73,14 @@ def uses_support(cfg: A2CConfig, rollout: GenerationConfig, vocab_size: int) -> 
 
 class A2CStep:
     def __init__(self, cfg: A2CConfig, captioner: Blip2Captioner, value_net: ValueNetwork, scorer,
-                 rollout: GenerationConfig, *, itm=None, ref_lm=None, clip=None, mesh=None, rules=shd.DEFAULT_RULES):
+                 rollout: GenerationConfig, *, itm=None, ref_lm=None, clip=None, mesh=None, rules=shd.DEFAULT_RULES,
+                 share_trunk: bool | None = None, share_ref_lm: bool | None = None):
+        """share_trunk / share_ref_lm: whether the ITM's ViT trunk is the captioner's and the
+        reference LM the captioner's OPT; None compares the weights (concrete models only).
+        Abstract models (`nnx.eval_shape`, ShapeDtypeStruct leaves) build a step that can be
+        lowered and compiled (`abstract_inputs`) but not run; they need both decisions given."""
         _check_rollout(cfg, rollout, scorer)
+        self.abstract = is_abstract(captioner)
         if uses_support(cfg, rollout, captioner.cfg.text.vocab_size):
             rollout = dataclasses.replace(rollout, support_size=SUPPORT_SLACK * rollout.top_k)
         needs = getattr(scorer, "needs", ())
@@ -82,6 +88,11 @@ class A2CStep:
             if name in needs and model is None:
                 raise ValueError(f"the reward needs the {name} model, which was not given")
         self.cfg, self.rollout_cfg, self.scorer, self.mesh, self.rules = cfg, rollout, scorer, mesh, tuple(rules)
+        # the batch's pixel arrays (as rl/data's streams make them) and their sides
+        side = captioner.cfg.vision.image_size
+        self.image_sizes = {"pixels": (side, side)}
+        if clip is not None:
+            self.image_sizes["clip_pixels"] = tuple(clip.cfg.vision.image_size)  # (height, width)
         for model in (captioner, value_net, itm, ref_lm, clip):  # on the devices once, not per call
             if model is not None:
                 _place(model, mesh, rules)
@@ -91,14 +102,18 @@ class A2CStep:
         self._initial = (policy, value)
         trains_lm = any(name.startswith("language_model/") for name in trainable_names(policy))
 
-        # Frozen work done once: decided by comparing weights, never assumed.
-        self.vision_report = sharing.vision_trunk_shared(captioner, itm) if itm is not None else None
+        # Frozen work done once: decided by comparing weights unless the caller says.
+        self.vision_report = None if itm is None else _decide(
+            share_trunk, lambda: sharing.vision_trunk_shared(captioner, itm), self.abstract, "share_trunk")
         self.vision_shared = bool(self.vision_report and self.vision_report.shared)
-        self.ref_report = sharing.reference_lm_shared(captioner, ref_lm) if ref_lm is not None else None
+        self.ref_report = None if ref_lm is None else _decide(
+            share_ref_lm, lambda: sharing.reference_lm_shared(captioner, ref_lm), self.abstract, "share_ref_lm")
         self.ref_shared = bool(self.ref_report and self.ref_report.shared) and not trains_lm
-        if self.vision_shared:  # hold the trunk once: the ITM's trunk leaves become the captioner's arrays
+        if self.vision_shared and not self.abstract:  # the ITM's own trunk copy is freed
             _alias_trunk(itm, captioner)
         self.itm_graph, itm_state = nnx.split(itm) if itm is not None else (None, None)
+        if self.vision_shared:  # the trunk is passed once, as the captioner's: the ITM keeps the rest
+            itm_state = _without_trunk(itm_state)
         self.ref_graph, ref_state = nnx.split(ref_lm) if ref_lm is not None and not self.ref_shared else (None, None)
         self.clip_graph, clip_state = nnx.split(clip) if clip is not None else (None, None)
         self.frozen = FrozenParams(policy_frozen, value_frozen, itm_state, ref_state, clip_state)
@@ -112,19 +127,37 @@ class A2CStep:
         self.values = jax.jit(lambda state, frozen, exp: self._value_pass(state, frozen, exp)[2])
 
     # ------------------------------------------------------------------------------------------
-    def init_state(self, seed: int) -> TrainState:
-        policy, value = jax.tree.map(jnp.copy, self._initial)
-        state = TrainState(
+    def _fresh_state(self, initial, seed) -> TrainState:
+        policy, value = jax.tree.map(jnp.copy, initial)
+        return TrainState(
             step=jnp.int32(0), key=jax.random.PRNGKey(seed), policy=policy, value=value,
             policy_opt=self.tx.init(policy), value_opt=self.tx.init(value),
             skipped=jnp.int32(0), skipped_in_row=jnp.int32(0),
         )
+
+    def init_state(self, seed: int) -> TrainState:
+        state = self._fresh_state(self._initial, seed)
         if self.mesh is None:
             # committed to the device, as the step's outputs are: an uncommitted input is another
             # cache key, and the second step would compile the whole program again
             return jax.device_put(state, jax.devices()[0])
         # a checkpoint restored onto this template lands as the rules lay out this mesh
         return jax.tree.map(shd.put, state, self.layout)
+
+    def abstract_inputs(self, rows: int) -> tuple[TrainState, FrozenParams, dict]:
+        """(state, frozen, batch) as ShapeDtypeStructs with their shardings, for
+        `self.step.lower(...)`: the state laid out as `init_state` lays it, a batch of `rows`
+        images split over the batch axes as `shard_batch` splits it."""
+        if self.mesh is None:
+            raise ValueError("abstract inputs need the step's mesh")
+        shapes = jax.eval_shape(self._fresh_state, self._initial, 0)
+        state = jax.tree.map(lambda s, where: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=where),
+                             shapes, self.layout)
+        frozen = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), self.frozen)
+        batch = {name: jax.ShapeDtypeStruct((rows, *size, 3), jnp.float32,
+                                            sharding=shd.batch_sharding(self.mesh, 4))
+                 for name, size in self.image_sizes.items()}
+        return state, frozen, batch
 
     def _state_layout(self) -> TrainState | None:
         """Where every leaf of the training state lives on the mesh: parameters and their Adam
@@ -173,7 +206,10 @@ class A2CStep:
     def _reward_models(self, captioner, frozen: FrozenParams) -> RewardModels:
         ref = captioner.language_model if self.ref_shared else (
             nnx.merge(self.ref_graph, frozen.ref_lm) if frozen.ref_lm is not None else None)
-        itm = nnx.merge(self.itm_graph, frozen.itm) if frozen.itm is not None else None
+        itm = None
+        if frozen.itm is not None:
+            trunk = (_trunk_only(frozen.policy),) if self.vision_shared else ()
+            itm = nnx.merge(self.itm_graph, frozen.itm, *trunk)
         clip = nnx.merge(self.clip_graph, frozen.clip) if frozen.clip is not None else None
         return RewardModels(itm=itm, ref_lm=ref, clip=clip)
 
@@ -380,6 +416,8 @@ class A2CStep:
 
 
 def _place(module: nnx.Module, mesh, rules) -> None:
+    if mesh is None and is_abstract(module):
+        raise ValueError("an abstract step needs a mesh over the target's devices")
     if mesh is not None:
         shd.shard_module(module, mesh, rules)
         return
@@ -394,6 +432,34 @@ def _alias_trunk(itm, captioner) -> None:
     for path, var in nnx.to_flat_state(nnx.state(itm.vision_model, nnx.Param)):
         if not any(name in path for name in sharing.TRUNK_EXCLUDED):
             var.set_value(source[path].get_value())
+
+
+def is_abstract(module: nnx.Module) -> bool:
+    """Whether the module's parameters are shapes only (built with `nnx.eval_shape`)."""
+    leaves = jax.tree.leaves(nnx.state(module, nnx.Param))
+    return bool(leaves) and all(isinstance(x, jax.ShapeDtypeStruct) for x in leaves)
+
+
+def _decide(given: bool | None, compare, abstract: bool, what: str) -> sharing.SharingReport:
+    if given is not None:
+        return sharing.SharingReport(bool(given), f"{what}={bool(given)} given")
+    if abstract:
+        raise ValueError(f"{what}: abstract models have no weights to compare; give True or False")
+    return compare()
+
+
+def _is_trunk(path: tuple) -> bool:
+    return path[0] == "vision_model" and not any(name in path for name in sharing.TRUNK_EXCLUDED)
+
+
+def _without_trunk(state):
+    """A model state without the ViT trunk's entries (the ITM's, when it is the captioner's)."""
+    return nnx.from_flat_state([(p, v) for p, v in nnx.to_flat_state(state) if not _is_trunk(p)])
+
+
+def _trunk_only(state):
+    """The captioner's ViT trunk entries of a state, which the ITM merges in as its own."""
+    return nnx.from_flat_state([(p, v) for p, v in nnx.to_flat_state(state) if _is_trunk(p)])
 
 
 def device_bytes(*trees) -> tuple[int, int]:

@@ -1,0 +1,66 @@
+"""`python -m vlrm_jax.aot`: the compile check a user runs before a pod job. Bad input exits 2
+before anything compiles; the compiles themselves (minutes) are in the slow set."""
+import json
+import os
+
+import pytest
+
+from tests.helpers import run_module
+
+
+def _aot(*args, check=False):
+    return run_module("vlrm_jax.aot", *args, check=check)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config=configs/vlrm.py", "--topology=v5e:8"], "expected GENERATION:AxB"),
+    (["--config=configs/vlrm.py", "--topology=v4:4x4"], "3-D"),
+    (["--config=configs/vlrm.py", "--topology=v5e:2x2", "--config.batch_size=6"], "config key batch_size"),
+    (["--config=configs/vlrm.py", "--topology=v5e:2x2", "--config.mesh.data=8"], "needs 8 devices; 4 are present"),
+    (["--config=configs/vlrm.py", "--topology=v5e:2x2", "--config.nonexistent=1"], "bad flag or config"),
+    (["--config=configs/vlrm.py"], "--config and --topology are required"),
+])
+def test_bad_input_exits_2_naming_it(args, message):
+    proc = _aot(*args)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert message in proc.stderr
+
+
+def _compile_small(tmp_path, variant, *extra):
+    out = tmp_path / f"{variant}.json"
+    proc = _aot(f"--config=configs/{variant}.py", "--topology=v5e:2x2", "--layers=2", "--config.batch_size=8",
+                "--config.a2c.micro_batches=2", f"--json={out}", *extra)
+    return proc, (json.loads(out.read_text()) if out.exists() else None)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["vlrm", "vlrm_rs"])
+def test_small_slice_compiles_and_reports(tmp_path, variant):
+    """The paper's step and beam search at the released widths, 2 layers per tower, on 4 v5e chips."""
+    proc, report = _compile_small(tmp_path, variant)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert report["fits"] and report["overshoot_bytes"] == 0 and report["chips"] == 4
+    step, beam = report["programs"]
+    assert (step["name"], beam["name"]) == ("train_step", "eval_beam_search")
+    for program in (step, beam):
+        assert 0 < program["memory"]["peak"] <= report["hbm_bytes_per_chip"]
+        assert program["flops"] > 0 and program["hbm_bytes"] > 0
+    assert step["collectives"]["all-reduce"]["count"] > 0  # gradients meet across the data axis
+    assert beam["memory"]["resident"] > 0  # the training state stays on the chip during evaluation
+    assert report["step_bound_s"] > 0 and report["captions_per_s_per_chip_bound"] > 0
+    assert "roofline bound on the step" in proc.stdout and proc.stdout.rstrip().endswith("fits")
+
+
+@pytest.mark.slow
+def test_full_size_step_on_v5e_64_fits_with_its_mesh(tmp_path):
+    """The paper config at full size on v5e-64 with the mesh configs/vlrm.py names for it; the
+    data-only mesh does not fit a v5e chip, and says by how much (exit 1)."""
+    out = tmp_path / "full.json"
+    proc = _aot("--config=configs/vlrm.py", "--topology=v5e:8x8", "--config.mesh.data=16", "--config.mesh.tensor=4",
+                "--noeval", f"--json={out}")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["fits"] and report["mesh"] == {"data": 16, "fsdp": 1, "tensor": 4}
+    assert report["programs"][0]["flops"] > 1e14  # about 16 PFLOP over 64 chips
+    proc = _aot("--config=configs/vlrm.py", "--topology=v5e:8x8", "--config.mesh.data=64", "--noeval")
+    assert proc.returncode == 1 and "does not fit" in proc.stdout

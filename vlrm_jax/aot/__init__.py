@@ -1,0 +1,1 @@
+"""Ahead-of-time compilation for TPU slices on a CPU machine: `python -m vlrm_jax.aot`."""
