@@ -29,9 +29,15 @@ test: install
 	# two workers, one test file each at a time (module fixtures build once)
 	$(TEST_ENV) $(PY) -m pytest -q -n 2 --dist loadfile -m "not gpu and not slow" tests
 
+# Run alone, one after the other: the paper config at the released widths (12 GB) and the full-size
+# TPU compiles (up to 8 GB each) would not fit this machine's memory side by side.
+ALONE := tests/rl/test_multiprocess.py tests/rl/test_released_widths.py tests/aot/test_cli.py
+
 test-slow: install
 	# end-to-end trials of main.py (kill and resume, SIGTERM): minutes each, run by CI after `make test`
-	$(TEST_ENV) $(PY) -m pytest -q -n 2 -m "slow and not gpu" --ignore tests/rl/test_multiprocess.py tests
+	$(TEST_ENV) $(PY) -m pytest -q -n 2 -m "slow and not gpu" $(foreach f,$(ALONE),--ignore $(f)) tests
+	# the memory-heavy trials, one at a time
+	$(TEST_ENV) $(PY) -m pytest -q -m "slow and not gpu" tests/rl/test_released_widths.py tests/aot/test_cli.py
 	# then the two-process restart trial alone: its two processes need the machine's two cores (beside
 	# the kill trials one of them once missed jax.distributed's shutdown barrier)
 	$(TEST_ENV) $(PY) -m pytest -q -m "slow and not gpu" tests/rl/test_multiprocess.py

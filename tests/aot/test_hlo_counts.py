@@ -38,7 +38,8 @@ def test_scanned_matmuls_and_a_psum_per_iteration(v5e_2x2):
     counts = hlo.count(_compiled_text(layers, mesh, *_inputs(mesh, 7)))
     assert counts.flops == 7 * MATMUL
     assert counts.collectives["all-reduce"]["count"] == 7
-    assert counts.hbm_bytes >= 7 * K * K * 4  # every layer's weights read at least once
+    # every layer's weights read once, not the whole stack at every layer
+    assert 7 * K * K * 4 <= counts.hbm_bytes < 2 * 7 * K * K * 4
 
 
 def test_nested_loops_and_a_loop_that_starts_late(v5e_2x2):

@@ -1,7 +1,7 @@
 """Compile a run config for a TPU slice on this machine, no TPU needed, and say whether it fits:
 
     python -m vlrm_jax.aot --config=configs/vlrm.py --topology=v5e:8x8 [--layers N] [--json FILE]
-        [--noeval] [--config.key=value ...]
+        [--noeval | --notrain] [--dump DIR] [--config.key=value ...]
 
 The same config flags and checks as main.py, the same step builder (from shapes: converted
 folders' config.json where they exist, the released checkpoints' shapes elsewhere). It compiles
@@ -27,6 +27,8 @@ _TOPOLOGY = flags.DEFINE_string("topology", None, "TPU target as libtpu names it
 _LAYERS = flags.DEFINE_integer("layers", None, "cut every tower to this many layers (released widths kept)")
 _JSON = flags.DEFINE_string("json", None, "also write the report as JSON to this file")
 _EVAL = flags.DEFINE_bool("eval", True, "compile the evaluation's beam search as well")
+_TRAIN = flags.DEFINE_bool("train", True, "compile the training step (--notrain: the beam search alone)")
+_DUMP = flags.DEFINE_string("dump", None, "write each compiled program's optimised HLO text into this folder")
 
 
 def _parse(argv):
@@ -52,7 +54,8 @@ def main(argv) -> None:
         devices = topology.devices(target)
         report = aot_compile.compile_config(cfg, target, devices, layers=_LAYERS.value, evaluate=_EVAL.value,
                                             config_name=flags.FLAGS["config"].config_filename,
-                                            progress=lambda m: print(m, flush=True))
+                                            progress=lambda m: print(m, flush=True), dump=_DUMP.value,
+                                            train=_TRAIN.value)
     except ConfigError as e:
         print(f"vlrm_jax.aot: bad config: {e}", file=sys.stderr)
         sys.exit(2)

@@ -7,6 +7,7 @@ roofline bound on step time that follows from the chip's peak figures.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import time
 
@@ -61,6 +62,7 @@ class Report:
     hbm_bytes_per_chip: int
     peak_flops: float
     hbm_bandwidth: float
+    ici_bandwidth: float
     programs: list[ProgramReport]
 
     def fits(self) -> bool:
@@ -76,11 +78,24 @@ class Report:
                 worst = max(worst, p.memory.peak - self.hbm_bytes_per_chip)
         return max(worst, 0)
 
+    def step_program(self) -> ProgramReport | None:
+        return next((p for p in self.programs if p.name == "train_step"), None)
+
+    def step_terms_s(self) -> dict[str, float]:
+        """The training step's FLOPs at the chip's peak, its HBM bytes at the chip's bandwidth and
+        its collectives' bytes at the chip's ICI bandwidth (an all-reduce moves about twice its
+        bytes through each chip), in seconds."""
+        step = self.step_program()
+        if step is None or step.memory is None:
+            return {"flops": 0.0, "hbm": 0.0, "ici": 0.0}
+        moved = sum(c["bytes"] * (2 if kind == "all-reduce" else 1) for kind, c in step.collectives.items())
+        return {"flops": step.flops / self.peak_flops, "hbm": step.hbm_bytes / self.hbm_bandwidth,
+                "ici": moved / self.ici_bandwidth}
+
     def step_bound_s(self) -> float:
-        """Roofline lower bound on the training step's time: its FLOPs at the chip's peak or its
-        HBM bytes at the chip's bandwidth, whichever takes longer."""
-        step = self.programs[0]
-        return max(step.flops / self.peak_flops, step.hbm_bytes / self.hbm_bandwidth)
+        """Roofline lower bound on the step's time: the longest of `step_terms_s` (none of them
+        overlaps perfectly with the others on a real chip, so the step takes longer)."""
+        return max(self.step_terms_s().values())
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
@@ -91,7 +106,9 @@ class Report:
         out["overshoot_bytes"] = self.overshoot()
         bound = self.step_bound_s()
         out["step_bound_s"] = bound
+        out["step_terms_s"] = self.step_terms_s()
         out["captions_per_s_per_chip_bound"] = self.captions_per_step / self.chips / bound if bound else None
+        out["micro_batches"] = self.micro_batches
         return out
 
 
@@ -115,7 +132,7 @@ def _is_out_of_memory(error: Exception) -> bool:
     return "RESOURCE_EXHAUSTED" in text or "Ran out of memory" in text or "exceeded" in text and "memory" in text
 
 
-def _compile(name: str, lowered, resident: int = 0) -> ProgramReport:
+def _compile(name: str, lowered, resident: int = 0, dump: str | None = None) -> ProgramReport:
     start = time.perf_counter()
     try:
         compiled = lowered.compile()
@@ -127,7 +144,12 @@ def _compile(name: str, lowered, resident: int = 0) -> ProgramReport:
     stats = compiled.memory_analysis()
     memory = Memory(stats.argument_size_in_bytes, stats.output_size_in_bytes, stats.alias_size_in_bytes,
                     stats.temp_size_in_bytes, stats.generated_code_size_in_bytes, resident)
-    counts = hlo.count(compiled.as_text())
+    text = compiled.as_text()
+    if dump:
+        os.makedirs(dump, exist_ok=True)
+        with open(os.path.join(dump, f"{name}.hlo.txt"), "w") as f:
+            f.write(text)
+    counts = hlo.count(text)
     return ProgramReport(name, seconds, memory, counts.flops, counts.hbm_bytes, counts.collectives)
 
 
@@ -170,7 +192,9 @@ def lower_eval(step, cfg):
 
 
 def compile_config(cfg, target: Target, devices, layers: int | None = None, evaluate: bool = True,
-                   config_name: str = "", progress=print) -> Report:
+                   config_name: str = "", progress=print, dump: str | None = None, train: bool = True) -> Report:
+    """Compile the training step (and the evaluation's beam search) of `cfg` for `devices`;
+    dump: a folder for each compiled program's optimised HLO text."""
     from vlrm_jax.rl.assemble import abstract_step
     from vlrm_jax.sharding import MESH_AXES
 
@@ -179,15 +203,16 @@ def compile_config(cfg, target: Target, devices, layers: int | None = None, eval
     progress(f"compiling the training step for {target.name} ({target.slice_name}), mesh {mesh}, "
              f"{cfg.batch_size} images in {step.cfg.micro_batches} micro-batches"
              + (f", {layers} layers per tower" if layers else ""))
-    programs = [_compile("train_step", lower_step(step, cfg.batch_size))]
+    programs = [_compile("train_step", lower_step(step, cfg.batch_size), dump=dump)] if train else []
     if evaluate:
         progress(f"compiling the evaluation's beam search ({cfg.eval.batch_size} images, 5 beams)")
         lowered, resident = lower_eval(step, cfg)
-        programs.append(_compile("eval_beam_search", lowered, resident))
+        programs.append(_compile("eval_beam_search", lowered, resident, dump=dump))
     return Report(config=config_name, topology=target.name, slice=target.slice_name, chips=target.chips, mesh=mesh,
                   layers=layers, captions_per_step=cfg.batch_size * step.cfg.samples_per_image,
                   micro_batches=step.cfg.micro_batches, hbm_bytes_per_chip=target.chip.hbm_bytes,
-                  peak_flops=target.chip.peak_flops, hbm_bandwidth=target.chip.hbm_bandwidth, programs=programs)
+                  peak_flops=target.chip.peak_flops, hbm_bandwidth=target.chip.hbm_bandwidth,
+                  ici_bandwidth=target.chip.ici_bandwidth, programs=programs)
 
 
 def format_report(report: Report) -> str:
@@ -196,7 +221,7 @@ def format_report(report: Report) -> str:
              + (f", {report.layers} layers per tower" if report.layers else "")
              + f": {report.captions_per_step} captions per step in {report.micro_batches} micro-batches",
              f"HBM per chip {gib(report.hbm_bytes_per_chip)} GiB; peak {report.peak_flops / 1e12:.0f} TFLOP/s bf16, "
-             f"{report.hbm_bandwidth / 1e9:.0f} GB/s"]
+             f"HBM {report.hbm_bandwidth / 1e9:.0f} GB/s, ICI {report.ici_bandwidth / 1e9:.0f} GB/s"]
     for p in report.programs:
         lines.append(f"\n{p.name}: compiled in {p.compile_s:.0f} s")
         if p.memory is None:
@@ -214,11 +239,11 @@ def format_report(report: Report) -> str:
             lines.append(f"  collectives per run: {parts}")
         else:
             lines.append("  collectives per run: none")
-    step = report.programs[0]
-    if step.memory is not None and step.flops:
-        bound = report.step_bound_s()
-        lines.append(f"\nroofline bound on the step: {bound:.2f} s ({step.flops / report.peak_flops:.2f} s of FLOPs, "
-                     f"{step.hbm_bytes / report.hbm_bandwidth:.2f} s of HBM traffic), at most "
+    step = report.step_program()
+    if step is not None and step.memory is not None and step.flops:
+        bound, terms = report.step_bound_s(), report.step_terms_s()
+        lines.append(f"\nroofline bound on the step: {bound:.2f} s ({terms['flops']:.2f} s of FLOPs, "
+                     f"{terms['hbm']:.2f} s of HBM traffic, {terms['ici']:.2f} s of collectives), at most "
                      f"{report.captions_per_step / report.chips / bound:.1f} captions/s per chip")
     lines.append("fits" if report.fits() else f"does not fit: {report.overshoot() / GIB:.2f} GiB per chip over HBM")
     return "\n".join(lines)

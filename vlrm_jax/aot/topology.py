@@ -24,13 +24,14 @@ class Chip:
     hbm_bytes: int
     peak_flops: float  # bf16 FLOP/s
     hbm_bandwidth: float  # bytes/s
+    ici_bandwidth: float  # bytes/s in and out of one chip over all its inter-chip links
 
 
 CHIPS = {
-    "v4": Chip("TPU v4", 32 * GIB, 275e12, 1228e9),
-    "v5e": Chip("TPU v5e", 16 * GIB, 197e12, 819e9),
-    "v5p": Chip("TPU v5p", 95 * GIB, 459e12, 2765e9),
-    "v6e": Chip("TPU v6e", 32 * GIB, 918e12, 1640e9),
+    "v4": Chip("TPU v4", 32 * GIB, 275e12, 1228e9, 300e9),
+    "v5e": Chip("TPU v5e", 16 * GIB, 197e12, 819e9, 200e9),
+    "v5p": Chip("TPU v5p", 95 * GIB, 459e12, 2765e9, 600e9),
+    "v6e": Chip("TPU v6e", 32 * GIB, 918e12, 1640e9, 448e9),
 }
 MEGACORE = ("v4", "v5p")
 _NAME = re.compile(r"^(v4|v5e|v5p|v6e):(\d+(?:x\d+){1,2})$")

@@ -13,6 +13,10 @@ ESTIMATORS = ("a2c", "scst", "rloo")
 PROB_DISTRIBUTIONS = ("sampled", "tempered", "raw")
 OBJECTIVES = ("prob", "logprob")
 CLIP_MODES = ("joint", "per_network")
+# Where the data-parallel devices' gradients meet: once per step (each device sums its own rows'
+# gradients over the micro-batches first), or where XLA puts it by itself, inside every micro-batch
+# (and inside the layer loop, for gradients that arise per layer).
+GRAD_REDUCES = ("step", "micro_batch")
 
 # Path regexes (parameter paths joined by "/") of what each network trains. The policy: the
 # captioner's parts the paper trains (query tokens, Q-Former, language projection).
@@ -42,6 +46,7 @@ class A2CConfig:
     rloo_samples: int = 4  # captions per image for rloo
     logit_chunk: int = 16  # caption positions per chunk of the vocabulary projection
     remat: bool = True  # recompute each OPT layer in the backward passes
+    grad_reduce: str = "step"
     policy_trainable: tuple[str, ...] = POLICY_TRAINABLE
     value_trainable: tuple[str, ...] = VALUE_TRAINABLE
 
@@ -54,6 +59,7 @@ class A2CConfig:
         check("prob", PROB_DISTRIBUTIONS)
         check("objective", OBJECTIVES)
         check("clip_mode", CLIP_MODES)
+        check("grad_reduce", GRAD_REDUCES)
         for name in ("micro_batches", "logit_chunk"):
             if getattr(self, name) < 1:
                 raise ValueError(f"a2c {name}={getattr(self, name)}: must be >= 1")

@@ -14,6 +14,7 @@ trainable state is donated; frozen weights are arguments, never constants of the
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import jax
@@ -88,6 +89,7 @@ class A2CStep:
             if name in needs and model is None:
                 raise ValueError(f"the reward needs the {name} model, which was not given")
         self.cfg, self.rollout_cfg, self.scorer, self.mesh, self.rules = cfg, rollout, scorer, mesh, tuple(rules)
+        self._pin_rules = self.rules
         # the batch's pixel arrays (as rl/data's streams make them) and their sides
         side = captioner.cfg.vision.image_size
         self.image_sizes = {"pixels": (side, side)}
@@ -197,7 +199,18 @@ class A2CStep:
 
     def _pin(self, x, *axes):
         """Pin a main activation's layout (batch axes first) by the logical rules."""
-        return shd.constrain(x, axes + (None,) * (x.ndim - len(axes)), self.mesh, self.rules)
+        return shd.constrain(x, axes + (None,) * (x.ndim - len(axes)), self.mesh, self._pin_rules)
+
+    @contextlib.contextmanager
+    def _inside_group(self):
+        """While tracing one data-parallel group's rows (`_scan_gradients`): the group axis holds
+        `data`, so the rows within a group split over `fsdp` alone."""
+        outer = self._pin_rules
+        self._pin_rules = (("batch", "fsdp"),) + self.rules
+        try:
+            yield
+        finally:
+            self._pin_rules = outer
 
     # ------------------------------------------------------------------------------------------
     def _captioner(self, policy, frozen: FrozenParams) -> Blip2Captioner:
@@ -287,6 +300,56 @@ class A2CStep:
     def _unmicro(self, y):
         return y.swapaxes(0, 1).reshape(-1, *y.shape[2:])
 
+    def _groups(self) -> int:
+        """Data-parallel groups whose gradients are summed apart until the end of the scan (1:
+        XLA reduces over the devices wherever the gradient arises)."""
+        if self.mesh is None or self.cfg.grad_reduce != "step":
+            return 1
+        return self.mesh.shape.get("data", 1)
+
+    def _scan_gradients(self, grad_fn, params, layout, xs, extra, fold):
+        """Sums over the micro-batches `xs` ((M, R/M, ...) each) of `grad_fn(params, *mb) ->
+        ((loss, aux), grads)`; `fold(extra, loss, aux) -> (extra, output per micro-batch)`.
+
+        With grad_reduce="step" on a mesh with a `data` axis, the rows of each `data` index form
+        a group: grad_fn is vmapped over the groups (the group axis on `data`), so each group
+        adds up its own rows' gradients over all micro-batches (laid out as the parameters are,
+        over fsdp and tensor), and the groups' sums meet once, after the scan. Otherwise XLA
+        all-reduces each micro-batch's gradient over `data` where it arises (inside the layer
+        loop, for the LoRA adapters). The same sums either way, added in another order."""
+        g = self._groups()
+        if g == 1:
+            def body(carry, mb):
+                (loss, aux), grads = grad_fn(params, *mb)
+                extra, out = fold(carry[1], loss, aux)
+                return (jax.tree.map(jnp.add, carry[0], grads), extra), out
+
+            (grads, extra), outs = jax.lax.scan(body, (jax.tree.map(jnp.zeros_like, params), extra), xs)
+            return grads, extra, outs
+        grouped = jax.vmap(grad_fn, in_axes=(None,) + (0,) * len(xs), spmd_axis_name="data")
+
+        def split(x):  # (M, R/M, ...) -> (M, G, R/M/G, ...): group j is what data index j holds
+            y = x.reshape(x.shape[0], g, x.shape[1] // g, *x.shape[2:])
+            rows = "fsdp" if "fsdp" in self.mesh.shape else None
+            return jax.lax.with_sharding_constraint(y, NamedSharding(self.mesh, P(None, "data", rows)))
+
+        def merge(x):  # a group's per-row output back into rows; its scalars summed
+            return jnp.sum(x, axis=0) if x.ndim == 1 else x.reshape(-1, *x.shape[2:])
+
+        def body(carry, mb):
+            with self._inside_group():
+                (loss, aux), grads = grouped(params, *mb)
+            extra, out = fold(carry[1], jnp.sum(loss), jax.tree.map(merge, aux))
+            return (jax.tree.map(jnp.add, carry[0], grads), extra), out
+
+        def zeros(p, where):
+            return jax.lax.with_sharding_constraint(jnp.zeros((g, *p.shape), p.dtype),
+                                                    NamedSharding(self.mesh, P("data", *where.spec)))
+
+        start = (jax.tree.map(zeros, params, layout), extra)
+        (grads, extra), outs = jax.lax.scan(body, start, tuple(split(x) for x in xs))
+        return jax.tree.map(lambda x: jnp.sum(x, axis=0), grads), extra, outs
+
     def _values(self, value, frozen: FrozenParams, lm, soft_prompt, tokens, mask, captioner):
         net = nnx.merge(self.value_graph, value, frozen.value)
         embeds, full_mask = caption_inputs(captioner, soft_prompt, tokens, mask)
@@ -302,14 +365,10 @@ class A2CStep:
             return losses.value_loss_sum(returns, v, mask), v
 
         grad_fn = jax.value_and_grad(loss, has_aux=True)
-
-        def body(carry, mb):
-            (l, v), g = grad_fn(state.value, *mb)
-            return (jax.tree.map(jnp.add, carry[0], g), carry[1] + l), v
-
-        zeros = (jax.tree.map(jnp.zeros_like, state.value), jnp.float32(0))
         xs = tuple(self._micro(x) for x in (exp.soft_prompt, exp.tokens, exp.mask, exp.returns))
-        (grads, loss_sum), values = jax.lax.scan(body, zeros, xs)
+        layout = self.layout.value if self.layout is not None else None
+        grads, loss_sum, values = self._scan_gradients(grad_fn, state.value, layout, xs, jnp.float32(0),
+                                                       lambda total, l, v: (total + l, v))
         return grads, loss_sum, jax.lax.stop_gradient(self._unmicro(values))
 
     def _policy_pass(self, state: TrainState, frozen: FrozenParams, exp: Experience, normalised):
@@ -335,18 +394,13 @@ class A2CStep:
             return total, (jnp.sum(p * valid), jnp.sum(entropy * valid))
 
         grad_fn = jax.value_and_grad(loss, has_aux=True)
-
-        def body(carry, mb):
-            (l, aux), g = grad_fn(state.policy, *mb)
-            grads, sums = carry
-            return (jax.tree.map(jnp.add, grads, g), sums + jnp.stack([l, *aux])), None
-
-        zeros = (jax.tree.map(jnp.zeros_like, state.policy), jnp.zeros(3, jnp.float32))
         inputs = (exp.vision_states, exp.tokens, exp.mask, normalised)
         if exp.support is not None:
             inputs += (exp.support,)
         xs = tuple(self._micro(x) for x in inputs)
-        (grads, sums), _ = jax.lax.scan(body, zeros, xs)
+        layout = self.layout.policy if self.layout is not None else None
+        grads, sums, _ = self._scan_gradients(grad_fn, state.policy, layout, xs, jnp.zeros(3, jnp.float32),
+                                              lambda total, l, aux: (total + jnp.stack([l, *aux]), None))
         return grads, sums
 
     def _gradients(self, state: TrainState, frozen: FrozenParams, exp: Experience):
