@@ -12,18 +12,12 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags, logging
+from absl import app, logging
 from ml_collections import config_flags
 
+from vlrm_jax.config_utils import flags_parser
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "run config file (configs/*.py)", lock_config=True)
-
-
-def _parse(argv):
-    try:
-        return flags.FLAGS(argv)
-    except (flags.Error, KeyError, TypeError, ValueError, AttributeError) as e:
-        print(f"main.py: bad config: {e}", file=sys.stderr)
-        sys.exit(2)
 
 
 def main(argv) -> None:
@@ -53,4 +47,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=_parse)
+    app.run(main, flags_parser=flags_parser("main.py"))

@@ -1,7 +1,8 @@
 """VLRM (arXiv 2404.01911): BLIP2-OPT-2.7B fine-tuned with A2C on the BLIP2-ITM + reference-LM
 reward, on a TPU pod slice or GPUs.
 
-    python main.py --config=configs/vlrm.py --config.checkpoint_dir=gs://bucket/vlrm/checkpoints \\
+    python -m vlrm_jax.aot --config=configs/vlrm.py:v5e-64 --topology=v5e:8x8    # does it fit? (no TPU needed)
+    python main.py --config=configs/vlrm.py:v5e-64 --config.checkpoint_dir=gs://bucket/vlrm/checkpoints \\
         --config.model.captioner=ckpt/blip2-opt-2.7b --config.model.itm=ckpt/blip2-itm-vit-g \\
         --config.data.source='shards/*.tar' --config.eval.source=tfds:coco_captions/test \\
         --config.eval.clip=ckpt/clip-g
@@ -10,8 +11,19 @@ Folders come from `python -m convert.blip2 / blip2_itm / open_clip` (README). Th
 rollout batch 4096 (here 64 micro-batches of 64), Adam lr 1e-5 after 20 warm-up steps, gradient
 clip 1.0, top-k 6 sampling at temperature 2, at most 60 new tokens, all five reward terms with
 weight 1; the reference LM is the captioner's own OPT-2.7B.
+
+The part after ":" names a slice: its mesh and micro-batch count, each found by compiling the
+candidates for that slice (`python -m vlrm_jax.aot.sweep`; docs/scaling.md has every compile).
+Without one, the mesh is (all devices / 4, 1, 4): it fits every slice compiled, v5e's 16 GiB
+included, where the data-only mesh does not.
 """
+from vlrm_jax.config_utils import apply_slice
 from vlrm_jax.rl.defaults import base_config
+
+# slice -> (data, fsdp, tensor, micro_batches), from docs/scaling.md's compiles of this config
+SLICES = {
+    "v5e-64": (16, 1, 4, 64),
+}
 
 
 def get_config(variant: str = ""):
@@ -21,4 +33,6 @@ def get_config(variant: str = ""):
     c.model.itm = "ckpt/blip2-itm-vit-g"
     c.reward.kind = "vlrm"
     c.eval.clip = "ckpt/clip-g"
+    c.mesh.update(dict(data=-1, fsdp=1, tensor=4))
+    apply_slice(c, variant, SLICES)
     return c

@@ -16,6 +16,7 @@ def small_paper_config(variant: str, batch_size: int = 8, micro_batches: int = 2
     from vlrm_jax.config_utils import load_config
 
     cfg = load_config(variant)
+    cfg.mesh.data, cfg.mesh.tensor = -1, 1  # the batch over all 4 chips: the callback runs per shard
     cfg.batch_size = batch_size
     cfg.a2c.micro_batches = micro_batches
     return cfg

@@ -15,7 +15,7 @@ def _aot(*args, check=False):
 @pytest.mark.parametrize("args, message", [
     (["--config=configs/vlrm.py", "--topology=v5e:8"], "expected GENERATION:AxB"),
     (["--config=configs/vlrm.py", "--topology=v5e:2x2", "--config.batch_size=6"], "config key batch_size"),
-    (["--config=configs/vlrm.py", "--topology=v5e:2x2", "--config.nonexistent=1"], "bad flag or config"),
+    (["--config=configs/vlrm.py", "--topology=v5e:2x2", "--config.nonexistent=1"], "vlrm_jax.aot: bad config"),
     (["--config=configs/vlrm.py"], "--config and --topology are required"),
 ])
 def test_bad_input_exits_2_naming_it(args, message):
@@ -56,7 +56,7 @@ def test_small_slice_compiles_and_reports(tmp_path, variant):
     for program in (step, beam):
         assert 0 < program["memory"]["peak"] <= report["hbm_bytes_per_chip"]
         assert program["flops"] > 0 and program["hbm_bytes"] > 0
-    assert step["collectives"]["all-reduce"]["count"] > 0  # gradients meet across the data axis
+    assert step["collectives"]["all-reduce"]["count"] > 0  # gradients across data, activations across tensor
     assert beam["memory"]["resident"] > 0  # the training state stays on the chip during evaluation
     assert report["step_bound_s"] > 0 and report["captions_per_s_per_chip_bound"] > 0
     assert "roofline bound on the step" in proc.stdout and proc.stdout.rstrip().endswith("fits")
@@ -73,5 +73,31 @@ def test_full_size_step_on_v5e_64_fits_with_its_mesh(tmp_path):
     report = json.loads(out.read_text())
     assert report["fits"] and report["mesh"] == {"data": 16, "fsdp": 1, "tensor": 4}
     assert report["programs"][0]["flops"] > 1e14  # about 16 PFLOP over 64 chips
-    proc = _aot("--config=configs/vlrm.py", "--topology=v5e:8x8", "--config.mesh.data=64", "--noeval")
+    proc = _aot("--config=configs/vlrm.py", "--topology=v5e:8x8", "--config.mesh.data=64", "--config.mesh.tensor=1",
+                "--noeval")
     assert proc.returncode == 1 and "does not fit" in proc.stdout
+
+
+def test_sweep_table_reads_its_lines(tmp_path):
+    """`python -m vlrm_jax.aot.sweep --table`: a slice's choice row and every candidate's row."""
+    from vlrm_jax.aot import sweep
+
+    def report(tensor, fits, phase_programs):
+        programs = [{"name": name, "memory": {"peak": 5 * 2 ** 30} if fits else None, "flops": 2e14,
+                     "collectives": {"all-reduce": {"count": 7, "bytes": 1e9}}} for name in phase_programs]
+        return {"config": "configs/vlrm.py", "topology": "v5e:8x8", "slice": "v5e-64", "chips": 64,
+                "mesh": {"data": 64 // tensor, "fsdp": 1, "tensor": tensor}, "micro_batches": 64,
+                "captions_per_step": 4096, "hbm_bytes_per_chip": 16 * 2 ** 30, "fits": fits,
+                "overshoot_bytes": 0 if fits else 2 ** 30, "step_bound_s": 1.5,
+                "step_terms_s": {"flops": 1.0, "hbm": 1.5, "ici": 0.5}, "captions_per_s_per_chip_bound": 42.7,
+                "programs": programs}
+
+    lines = [{"phase": "mesh", "command": "python -m vlrm_jax.aot a", "wall_s": 200, "report": report(1, False, ["train_step"])},
+             {"phase": "mesh", "command": "python -m vlrm_jax.aot b", "wall_s": 150, "report": report(4, True, ["train_step"])},
+             {"phase": "eval", "command": "python -m vlrm_jax.aot c", "wall_s": 90, "report": report(4, True, ["eval_beam_search"])},
+             {"phase": "choice", "command": "python -m vlrm_jax.aot d", "report": report(4, True, ["train_step"])}]
+    path = tmp_path / "s.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    text = sweep.table(str(path))
+    assert "| v5e-64 | 64 | vlrm.py | (16, 1, 4) | 64 x 64 | 5.0 / 16.0 | 5.0 | 200 | 1.50 (1.00 / 1.50 / 0.50) | 42.7 | `python -m vlrm_jax.aot d` |" in text
+    assert "| v5e-64 | vlrm.py | mesh | (64, 1, 1) | 64 | no | over by 1.0 | 1.50 | 7 | 200 |" in text

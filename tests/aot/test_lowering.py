@@ -114,3 +114,25 @@ def test_the_mesh_is_checked_against_the_target(v5e_2x2):
     cfg.mesh.data = 32
     with pytest.raises(ConfigError, match="over 16 processes, and all must be used"):
         abstract_step(cfg, topology.devices(topology.parse("v5e:8x8")), layers=1)
+
+
+@pytest.mark.parametrize("variant", ["vlrm", "vlrm_rs"])
+def test_config_slices_fill_their_slice(variant):
+    """`--config=configs/vlrm.py:SLICE`: every named slice's mesh uses all its chips and its
+    micro-batches split over the batch axes (what main.py and the compile check would refuse)."""
+    from vlrm_jax.aot.topology import MEGACORE
+    from vlrm_jax.config_utils import config_path, load_config
+    from vlrm_jax.rl.run import validate
+
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cfg", config_path(variant))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert "v5e-64" in module.SLICES
+    for name, (data, fsdp, tensor, micro_batches) in module.SLICES.items():
+        generation, count = name.split("-")
+        chips = int(count) // 2 if generation in MEGACORE else int(count)
+        cfg = load_config(variant, name)
+        assert (cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, cfg.a2c.micro_batches) == (data, fsdp, tensor, micro_batches)
+        validate(cfg, device_count=chips, process_count=chips // 4, check_paths=False)

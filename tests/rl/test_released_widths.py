@@ -29,7 +29,7 @@ pytestmark = pytest.mark.slow
 DEVICES = 1
 # what a CPU needs besides the folders (the `released` fixture's); everything else is
 # configs/vlrm.py's (bf16 towers, remat, top-k 6 at temperature 2, 60 new tokens, value head, ...)
-OVERRIDES = {"batch_size": 2, "a2c.micro_batches": 2, "mesh.data": DEVICES, "checkpoint_every": 1,
+OVERRIDES = {"batch_size": 2, "a2c.micro_batches": 2, "mesh.data": DEVICES, "mesh.tensor": 1, "checkpoint_every": 1,
              "log_every": 1, "samples_every": 0, "eval.source": ""}
 FINITE = ("reward/mean", "reward/sim", "reward/ref", "return/mean", "loss/policy", "loss/value",
           "grad_norm/policy", "grad_norm/value", "advantage/std", "value/mean")

@@ -22,6 +22,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from vlrm_jax.config_utils import flags_parser  # noqa: E402
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "run config file (configs/*.py)", lock_config=True)
 _TOPOLOGY = flags.DEFINE_string("topology", None, "TPU target as libtpu names it, e.g. v5e:8x8, v4:2x4x4, v5p:2x4x4")
 _LAYERS = flags.DEFINE_integer("layers", None, "cut every tower to this many layers (released widths kept)")
@@ -29,14 +31,6 @@ _JSON = flags.DEFINE_string("json", None, "also write the report as JSON to this
 _EVAL = flags.DEFINE_bool("eval", True, "compile the evaluation's beam search as well")
 _TRAIN = flags.DEFINE_bool("train", True, "compile the training step (--notrain: the beam search alone)")
 _DUMP = flags.DEFINE_string("dump", None, "write each compiled program's optimised HLO text into this folder")
-
-
-def _parse(argv):
-    try:
-        return flags.FLAGS(argv)
-    except (flags.Error, KeyError, TypeError, ValueError, AttributeError) as e:
-        print(f"vlrm_jax.aot: bad flag or config: {e}", file=sys.stderr)
-        sys.exit(2)
 
 
 def main(argv) -> None:
@@ -70,4 +64,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=_parse)
+    app.run(main, flags_parser=flags_parser("vlrm_jax.aot"))
