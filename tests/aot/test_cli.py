@@ -14,7 +14,6 @@ def _aot(*args, check=False):
 
 @pytest.mark.parametrize("args, message", [
     (["--config=configs/vlrm.py", "--topology=v5e:8"], "expected GENERATION:AxB"),
-    (["--config=configs/vlrm.py", "--topology=v5e:2x2", "--config.batch_size=6"], "config key batch_size"),
     (["--config=configs/vlrm.py", "--topology=v5e:2x2", "--config.nonexistent=1"], "vlrm_jax.aot: bad config"),
     (["--config=configs/vlrm.py"], "--config and --topology are required"),
 ])

@@ -107,6 +107,9 @@ def test_the_mesh_is_checked_against_the_target(v5e_2x2):
     from vlrm_jax.aot import topology
     from vlrm_jax.rl.run import ConfigError
 
+    cfg = small_paper_config("vlrm", batch_size=6)
+    with pytest.raises(ConfigError, match="config key batch_size"):
+        abstract_step(cfg, v5e_2x2, layers=1)
     cfg = small_paper_config("vlrm")
     cfg.mesh.data = 8
     with pytest.raises(ConfigError, match="needs 8 devices; 4 are present"):
