@@ -64,8 +64,16 @@ def make_mesh(shape: Sequence[int] | None = None, names: Sequence[str] = MESH_AX
     devices = jax.devices() if devices is None else list(devices)
     if shape is None:
         shape = (len(devices),) + (1,) * (len(names) - 1)
-    return jax.make_mesh(tuple(shape), tuple(names), axis_types=(jax.sharding.AxisType.Auto,) * len(names),
-                         devices=devices)
+    types = (jax.sharding.AxisType.Auto,) * len(names)
+    try:
+        return jax.make_mesh(tuple(shape), tuple(names), axis_types=types, devices=devices)
+    except (ValueError, NotImplementedError):
+        # a TPU slice whose physical axes do not factor into the mesh's sizes (tensor=2 on a
+        # 4x4x4 v4 slice): let an axis span part of a physical one
+        from jax.experimental import mesh_utils
+
+        grid = mesh_utils.create_device_mesh(tuple(shape), devices, allow_split_physical_axes=True)
+        return jax.sharding.Mesh(grid, tuple(names), axis_types=types)
 
 
 def mesh_shape(sizes: dict[str, int], device_count: int) -> tuple[int, ...]:

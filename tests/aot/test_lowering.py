@@ -139,3 +139,14 @@ def test_config_slices_fill_their_slice(variant):
         cfg = load_config(variant, name)
         assert (cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, cfg.a2c.micro_batches) == (data, fsdp, tensor, micro_batches)
         validate(cfg, device_count=chips, process_count=chips // 4, check_paths=False)
+
+
+def test_a_mesh_axis_may_span_part_of_a_physical_axis():
+    """tensor=2 on a 4x4x4 v4 slice: no physical axis has size 2, so the mesh splits one (jax's
+    default refuses)."""
+    from vlrm_jax.aot import topology
+
+    devices = topology.devices(topology.parse("v4:4x4x4"))
+    mesh = sharding.make_mesh((32, 1, 2), devices=devices)
+    assert dict(mesh.shape) == {"data": 32, "fsdp": 1, "tensor": 2}
+    assert sorted(d.id for d in mesh.devices.flat) == sorted(d.id for d in devices)
