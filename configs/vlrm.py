@@ -14,15 +14,20 @@ weight 1; the reference LM is the captioner's own OPT-2.7B.
 
 The part after ":" names a slice: its mesh and micro-batch count, each found by compiling the
 candidates for that slice (`python -m vlrm_jax.aot.sweep`; docs/scaling.md has every compile).
-Without one, the mesh is (all devices / 4, 1, 4): it fits every slice compiled, v5e's 16 GiB
-included, where the data-only mesh does not.
+Without one, the mesh is (all devices / 4, 1, 4), v5e's: the data-only mesh does not fit v5e's
+16 GiB a chip.
 """
 from vlrm_jax.config_utils import apply_slice
 from vlrm_jax.rl.defaults import base_config
 
 # slice -> (data, fsdp, tensor, micro_batches), from docs/scaling.md's compiles of this config
 SLICES = {
-    "v5e-64": (16, 1, 4, 64),
+    "v5e-64": (16, 1, 4, 16),
+    "v5e-256": (64, 1, 4, 16),
+    "v4-64": (16, 1, 2, 16),
+    "v4-128": (32, 1, 2, 16),
+    "v5p-64": (16, 1, 2, 16),
+    "v5p-128": (32, 1, 2, 16),
 }
 
 

@@ -12,7 +12,10 @@ from vlrm_jax.config_utils import apply_slice, load_config
 
 # slice -> (data, fsdp, tensor, micro_batches), from docs/scaling.md's compiles of this config
 SLICES = {
-    "v5e-64": (16, 1, 4, 64),
+    "v5e-64": (16, 1, 4, 16),
+    "v5e-256": (64, 1, 4, 16),
+    "v4-64": (16, 1, 2, 16),
+    "v5p-64": (16, 1, 2, 16),
 }
 
 

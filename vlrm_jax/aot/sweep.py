@@ -112,7 +112,7 @@ def table(path: str) -> str:
             f"| {gib(step['memory']['peak'])} / {gib(rep['hbm_bytes_per_chip'])} | {beam_peak} "
             f"| {step['flops'] / 1e12:.0f} | {rep['step_bound_s']:.2f} ({terms['flops']:.2f} / {terms['hbm']:.2f} / "
             f"{terms['ici']:.2f}) | {rep['captions_per_s_per_chip_bound']:.1f} | `{r['command']}` |")
-    rows += ["", "| slice | config | phase | mesh | micro-batches | fits | step peak GiB | bound s | all-reduces "
+    rows += ["", "| slice | config | phase | mesh | micro-batches | fits | peak GiB | step bound s | all-reduces "
                  "| compile wall s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         if r["phase"] == "choice":
@@ -120,11 +120,13 @@ def table(path: str) -> str:
         rep = r["report"]
         programs = {p["name"]: p for p in rep["programs"]}
         program = programs.get("train_step") or programs.get("eval_beam_search")
-        peak = gib(program["memory"]["peak"]) if program["memory"] else f"over by {gib(rep['overshoot_bytes'])}"
-        reduces = int(program["collectives"].get("all-reduce", {}).get("count", 0))
+        compiled = program["memory"] is not None
+        peak = gib(program["memory"]["peak"]) if compiled else f"over by {gib(rep['overshoot_bytes'])}"
+        reduces = int(program["collectives"].get("all-reduce", {}).get("count", 0)) if compiled else "-"
+        bound = f"{rep['step_bound_s']:.2f}" if compiled and "train_step" in programs else "-"
         rows.append(f"| {rep['slice']} | {os.path.basename(rep['config'])} | {r['phase']} | {_mesh_text(rep['mesh'])} "
                     f"| {rep['micro_batches']} | {'yes' if rep['fits'] else 'no'} | {peak} "
-                    f"| {rep['step_bound_s']:.2f} | {reduces} | {r['wall_s']:.0f} |")
+                    f"| {bound} | {reduces} | {r['wall_s']:.0f} |")
     return "\n".join(rows)
 
 
