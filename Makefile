@@ -46,8 +46,10 @@ test-gpu: install
 	# torch and JAX share the card: no up-front grab of 75% of its memory by JAX
 	XLA_PYTHON_CLIENT_PREALLOCATE=false $(PY) -m pytest -q -s -m gpu tests
 
+# JAX_PLATFORMS=cpu: the venv holds libtpu (the TPU compile check), which would otherwise look for
+# a TPU at every start and log that it found none
 demo: install
-	$(PY) -m vlrm_jax.world.demo --workdir runs/shapes
+	JAX_PLATFORMS=cpu $(PY) -m vlrm_jax.world.demo --workdir runs/shapes
 
 # The demo's RL rows again over seeds 0 1 2 (after `make demo`; nothing is pre-trained again):
 # runs/shapes/sweeps/config/results.json and seeds.png. A change: SET="KEY=VALUE ..." TAG=name
@@ -55,7 +57,7 @@ demo: install
 SEEDS ?= 0 1 2
 TAG ?= config
 sweep: install
-	$(PY) -m vlrm_jax.world.sweep --workdir runs/shapes --seeds $(SEEDS) --tag $(TAG) $(foreach s,$(SET),--set "$(s)")
+	JAX_PLATFORMS=cpu $(PY) -m vlrm_jax.world.sweep --workdir runs/shapes --seeds $(SEEDS) --tag $(TAG) $(foreach s,$(SET),--set "$(s)")
 
 # The demo's pre-trained models that tests/world/test_rl_direction.py trains VLRM from (6 MB):
 # refresh after a change to configs/shapes.py's pre-training and a `make demo`.
