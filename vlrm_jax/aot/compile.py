@@ -108,7 +108,6 @@ class Report:
         out["step_bound_s"] = bound
         out["step_terms_s"] = self.step_terms_s()
         out["captions_per_s_per_chip_bound"] = self.captions_per_step / self.chips / bound if bound else None
-        out["micro_batches"] = self.micro_batches
         return out
 
 
@@ -174,7 +173,7 @@ def lower_eval(step, cfg):
     from vlrm_jax.generate.config import GenerationConfig
     from vlrm_jax.generate.search import generate_jit
 
-    state, _, _ = step.abstract_inputs(step.cfg.micro_batches * shd.batch_devices(step.mesh))
+    state, _, _ = step.abstract_inputs(cfg.batch_size)
     rows = cfg.eval.batch_size
     if rows % shd.batch_devices(step.mesh):
         raise ValueError(f"eval.batch_size={rows} does not divide over the {shd.batch_devices(step.mesh)} devices "

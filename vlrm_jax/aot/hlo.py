@@ -258,7 +258,6 @@ def instr_flops(program: Program, instr: Instr) -> float:
     lhs_labels, kernel_labels = match.group(1), match.group(2)
     # multiply-adds per output element: the kernel's input features times the taps of each spatial
     # dimension that meet the input (a matmul written as a convolution may slide a kernel of size
-    # n over an input of size 1: one tap per output, not n)
     # n over an input of size 1: one tap per output, not n; a batched matmul may dilate the input
     # by the window size, which leaves one tap per output as well)
     window = re.search(r"window=\{([^}]*)\}", instr.attrs)

@@ -10,8 +10,8 @@ in its own process so one compile's memory is gone before the next):
 2. micro-batches: on that mesh, fewer and larger micro-batches (--micro-batches, largest first
    tried last) until one does not fit: the largest micro-batch that fits;
 3. the training step and the evaluation's beam search on that mesh with that micro-batch.
-Every compile is one JSON line in --out (its command and report); a "choice" line ends a slice. fsdp is not tried: the decode loop would gather every weight at
-each token (docs/scaling.md).
+Every compile is one JSON line in --out (its command and report); a "choice" line ends a slice.
+fsdp is not tried: the decode loop would gather every weight at each token (docs/scaling.md).
 """
 from __future__ import annotations
 

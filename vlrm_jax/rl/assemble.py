@@ -136,25 +136,37 @@ def abstract_models(configs: dict[str, Any]) -> Models:
                      for name, c in configs.items()})
 
 
-def shapes_only_scorer(cfg, rollout, models: Models):
-    """The run's scorer for an abstract step: the same reward, with tokenizers that only give the
-    retokenisation's output shapes (the program is compiled, never run)."""
+def reward_scorer(cfg, rollout, text, captioner_tokenizer=None, itm_tokenizer=None, clip_tokenizer=None,
+                  clip_context_length: int = 77, rules=None):
+    """The run's scorer: TokenCountScorer for reward.kind="token_count" (no tokenizer read), else
+    the VLRM / VLRM-RS reward retokenising with the given tokenizers; text: the captioner's
+    OPTConfig; rules: the penalty rules (None: the shipped lists)."""
+    from vlrm_jax.rewards.penalties import PenaltyRules
     from vlrm_jax.rewards.reward import RewardConfig
-    from vlrm_jax.rewards.retokenize import SHAPES_ONLY, Retokenizer
+    from vlrm_jax.rewards.retokenize import Retokenizer
     from vlrm_jax.rl.scoring import TokenCountScorer, VlrmScorer
 
-    text = models.captioner.cfg.text
     if cfg.reward.kind == "token_count":
         return TokenCountScorer(cfg.reward.target, text.eos_token_id)
     weights = cfg.reward.weights
     reward = RewardConfig.vlrm(weights.sim) if cfg.reward.kind == "vlrm" else RewardConfig.vlrm_rs(weights.sim, weights.rs)
-    clip = models.clip
-    retok = Retokenizer(SHAPES_ONLY, rollout.max_new_tokens, itm_tokenizer=SHAPES_ONLY,
-                        itm_max_length=cfg.reward.itm_max_length,
-                        clip_tokenizer=SHAPES_ONLY if clip is not None else None,
-                        clip_context_length=clip.cfg.text.context_length if clip is not None else 77,
+    retok = Retokenizer(captioner_tokenizer, rollout.max_new_tokens,
+                        rules=PenaltyRules.default() if rules is None else rules,
+                        itm_tokenizer=itm_tokenizer, itm_max_length=cfg.reward.itm_max_length,
+                        clip_tokenizer=clip_tokenizer, clip_context_length=clip_context_length,
                         eos_token_id=text.eos_token_id)
     return VlrmScorer(reward, retok, bos_token_id=text.bos_token_id)
+
+
+def shapes_only_scorer(cfg, rollout, models: Models):
+    """The run's scorer for an abstract step: the same reward, with tokenizers that only give the
+    retokenisation's output shapes (the program is compiled, never run)."""
+    from vlrm_jax.rewards.retokenize import SHAPES_ONLY
+
+    clip = models.clip
+    return reward_scorer(cfg, rollout, models.captioner.cfg.text, SHAPES_ONLY, SHAPES_ONLY,
+                         SHAPES_ONLY if clip is not None else None,
+                         clip.cfg.text.context_length if clip is not None else 77)
 
 
 def abstract_step(cfg, devices, layers: int | None = None):

@@ -255,23 +255,14 @@ def _rules(reward):
 def _scorer(cfg, rollout, captioner, clip):
     from transformers import AutoTokenizer
 
-    from vlrm_jax.rewards.reward import RewardConfig
-    from vlrm_jax.rewards.retokenize import Retokenizer
-    from vlrm_jax.rl.scoring import TokenCountScorer, VlrmScorer
+    from vlrm_jax.rl.assemble import reward_scorer
 
     text = captioner.module.cfg.text
-    if cfg.reward.kind == "token_count":
-        return TokenCountScorer(cfg.reward.target, text.eos_token_id)
-    weights = cfg.reward.weights
-    reward = (RewardConfig.vlrm(weights.sim) if cfg.reward.kind == "vlrm"
-              else RewardConfig.vlrm_rs(weights.sim, weights.rs))
-    retok = Retokenizer(captioner.tokenizer, rollout.max_new_tokens, rules=_rules(cfg.reward),
-                        itm_tokenizer=AutoTokenizer.from_pretrained(cfg.model.itm),
-                        itm_max_length=cfg.reward.itm_max_length,
-                        clip_tokenizer=clip.tokenizer if clip is not None else None,
-                        clip_context_length=clip.context_length if clip is not None else 77,
-                        eos_token_id=text.eos_token_id)
-    return VlrmScorer(reward, retok, bos_token_id=text.bos_token_id)
+    if cfg.reward.kind == "token_count":  # no tokenizer to read
+        return reward_scorer(cfg, rollout, text)
+    return reward_scorer(cfg, rollout, text, captioner.tokenizer, AutoTokenizer.from_pretrained(cfg.model.itm),
+                         clip.tokenizer if clip is not None else None,
+                         clip.context_length if clip is not None else 77, _rules(cfg.reward))
 
 
 def _evaluator(cfg, step, captioner_dir: str):

@@ -155,11 +155,10 @@ class A2CStep:
         shapes = jax.eval_shape(self._fresh_state, self._initial, 0)
         state = jax.tree.map(lambda s, where: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=where),
                              shapes, self.layout)
-        frozen = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), self.frozen)
         batch = {name: jax.ShapeDtypeStruct((rows, *size, 3), jnp.float32,
                                             sharding=shd.batch_sharding(self.mesh, 4))
                  for name, size in self.image_sizes.items()}
-        return state, frozen, batch
+        return state, self.frozen, batch  # frozen: placed on the mesh as shapes already
 
     def _state_layout(self) -> TrainState | None:
         """Where every leaf of the training state lives on the mesh: parameters and their Adam
@@ -482,9 +481,9 @@ def _place(module: nnx.Module, mesh, rules) -> None:
 
 def _alias_trunk(itm, captioner) -> None:
     """Point every ITM ViT parameter but its final LayerNorm at the captioner's (equal) array."""
-    source = dict(nnx.to_flat_state(nnx.state(captioner.vision_model, nnx.Param)))
-    for path, var in nnx.to_flat_state(nnx.state(itm.vision_model, nnx.Param)):
-        if not any(name in path for name in sharing.TRUNK_EXCLUDED):
+    source = dict(nnx.to_flat_state(nnx.state(captioner, nnx.Param)))
+    for path, var in nnx.to_flat_state(nnx.state(itm, nnx.Param)):
+        if _is_trunk(path):
             var.set_value(source[path].get_value())
 
 
