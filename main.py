@@ -6,10 +6,13 @@ Several processes (a GPU cluster, a TPU pod slice): every process runs this same
 process count and its own process id); see vlrm_jax/distributed.py.
 Exit status 2: the config is wrong (the message names the key); nothing was compiled. Exit status
 1: the run stopped on too many non-finite updates in a row or a failed checkpoint write (the
-message names the last complete checkpoint).
+message names the last complete checkpoint). `kill -USR1 PID` prints every thread's stack (a run
+that seems hung: which collective or barrier it waits in).
 """
 from __future__ import annotations
 
+import faulthandler
+import signal
 import sys
 
 from absl import app, logging
@@ -25,6 +28,8 @@ def main(argv) -> None:
     from vlrm_jax.rl import loop, run
 
     logging.set_verbosity(logging.WARNING)  # orbax reports every file it writes at INFO
+    # `kill -USR1 PID` prints every thread's Python stack to stderr: where a hung process waits
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     cfg = _CONFIG.value
     if cfg is None:
         print("main.py: --config is required", file=sys.stderr)
