@@ -51,3 +51,20 @@ def test_hosts_resume_and_padded_batches(mock_coco):
 def test_unknown_image_feature_is_named(mock_coco):
     with pytest.raises(KeyError, match="picture"):
         _source(image_key="picture")
+
+
+def test_an_unprepared_dataset_says_how_to_prepare_it(tmp_path):
+    with pytest.raises(FileNotFoundError) as failed:
+        _source(data_dir=str(tmp_path))
+    message = str(failed.value)
+    assert f"'coco_captions' is not prepared under data dir '{tmp_path}'" in message
+    assert f"tfds.builder('coco_captions', data_dir='{tmp_path}').download_and_prepare()" in message
+    assert f"tfds build coco_captions --data_dir {tmp_path}" in message
+
+
+def test_an_unknown_dataset_is_named_briefly(tmp_path):
+    from vlrm_jax.data.tfds_source import TfdsSource
+
+    with pytest.raises(ValueError, match="no dataset 'coco_captionz'") as failed:
+        TfdsSource("coco_captionz", data_dir=str(tmp_path), process_index=0, process_count=1)
+    assert len(str(failed.value)) < 200  # not TFDS's list of every dataset

@@ -3,29 +3,16 @@ import argparse
 import json
 
 import numpy as np
-import pytest
-import torch
 
-from tests import factories as F
-from tests.clip import tiny as tiny_clip
-from tests.helpers import convert_in_process, run_module
+from tests.helpers import run_module
 
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("evalmodels")
-    F.save_tiny_blip2(str(root / "cap-hf"), seed=1, eos_scale=2.0)
-    convert_in_process("convert.blip2", "--src", str(root / "cap-hf"), "--dst", str(root / "cap"), "--quiet")
-    config = tiny_clip.register(str(root))
-    torch.save(tiny_clip.create(seed=2).state_dict(), root / "clip.pt")
-    convert_in_process("convert.open_clip", "--model", tiny_clip.NAME, "--model-config", config, "--pretrained",
-                       str(root / "clip.pt"), "--dst", str(root / "clip"), "--quiet")
-    return root
+# `models` (tiny converted captioner and CLIP) comes from tests/eval/conftest.py.
 
 
 def _args(models, out, **kw):
     base = dict(model=str(models / "cap"), clip=str(models / "clip"), dataset="tfds:coco_captions/test", data_dir=None,
-                captions=None, out=str(out), batch_size=4, limit=None, no_center_crop=False, dtype=None, quiet=True)
+                captions=None, out=str(out), batch_size=4, limit=None, center_crop=True, min_size=1, dtype=None,
+                quiet=True)
     base.update(kw)
     return argparse.Namespace(**base)
 

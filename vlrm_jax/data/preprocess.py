@@ -32,7 +32,8 @@ so RGBA / palette files differ from what open_clip does with the raw PIL image.
 
 The paper centre-crops images for captioning as well when it computes CLIP Recall;
 `Blip2Preprocessor(center_crop=True)` does that (open_clip's 'shortest' geometry, BLIP2's
-arithmetic). Off by default, which equals transformers.
+arithmetic). Off by default here, which equals transformers; the caption and evaluate commands
+turn it on (`image_files.CENTER_CROP`, where the reason is given).
 
 Per-channel arithmetic is a 256-entry lookup table per channel, built with exactly the
 reference's float operations, so it is exact and cheap.

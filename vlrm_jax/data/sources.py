@@ -44,10 +44,10 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from vlrm_jax.data.decode import DecodeOptions, SkipCounter, decode_image
+from vlrm_jax.data.image_files import IMAGE_EXTENSIONS, find_images, list_folder
 
 logger = logging.getLogger(__name__)
 
-FOLDER_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 TAR_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 
 Transform = Callable[[np.ndarray], np.ndarray]
@@ -61,6 +61,12 @@ class Record:
     image: np.ndarray
     extras: dict[str, Any]
     state: dict[str, int]
+
+
+def epoch_position(state: dict[str, int], epoch_len: int) -> int:
+    """How many items of the first epoch a pass has read (bad ones included) when it reaches
+    `state`, the state of a `Record` / `Batch`: a progress count for one-epoch passes."""
+    return epoch_len if state["epoch"] > 0 else min(state["index"], epoch_len)
 
 
 @dataclasses.dataclass
@@ -291,27 +297,31 @@ class ImageSource(abc.ABC):
 
 
 class FolderSource(ImageSource):
-    """Every file under `root` (recursive) whose extension is in `extensions`, sorted by path.
+    """Every file under `root` (recursive) whose extension is in `extensions`, sorted by path;
+    or, with `keys`, exactly those files of `root`.
 
-    Keys are paths relative to `root`, with "/" separators.
+    Keys are paths relative to `root`, with "/" separators (the rule of `image_files.py`, which
+    the caption and evaluate commands share). `FolderSource.from_spec` takes a folder or a glob.
     """
 
-    def __init__(self, root: str | os.PathLike, *, extensions: Sequence[str] = FOLDER_EXTENSIONS,
-                 follow_links: bool = False, **kwargs):
+    def __init__(self, root: str | os.PathLike, *, extensions: Sequence[str] = IMAGE_EXTENSIONS,
+                 follow_links: bool = False, keys: Sequence[str] | None = None, **kwargs):
         super().__init__(**kwargs)
         self.root = os.fspath(root)
         if not os.path.isdir(self.root):
             raise FileNotFoundError(f"image folder {self.root!r} does not exist or is no folder")
-        exts = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
-        keys = []
-        for dirpath, _, files in os.walk(self.root, followlinks=follow_links):
-            rel = os.path.relpath(dirpath, self.root)
-            for f in files:
-                if os.path.splitext(f)[1].lower() in exts:
-                    keys.append(f if rel == "." else os.path.join(rel, f).replace(os.sep, "/"))
-        if not keys:
-            raise ValueError(f"no files with extensions {exts} under {self.root!r}")
+        if keys is None:
+            keys = list_folder(self.root, extensions, follow_links)
+            if not keys:
+                raise ValueError(f"no files with extensions {tuple(extensions)} under {self.root!r}")
         self._keys = sorted(keys)
+
+    @classmethod
+    def from_spec(cls, spec: str, **kwargs) -> FolderSource:
+        """The images of a folder (by extension) or of a glob pattern (every file it matches),
+        keyed relative to the folder or to the glob's fixed leading folders."""
+        root, keys = find_images(spec)
+        return cls(root, keys=keys, **kwargs)
 
     def __len__(self) -> int:
         return len(self._keys)

@@ -37,11 +37,22 @@ def _text(value) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
+def not_prepared_message(name: str, builder) -> str:
+    """What to run to prepare `name` where `builder` looked for it (it downloads the data)."""
+    root = str(builder.data_dir_root)
+    return (f"TFDS dataset {name!r} is not prepared under data dir {root!r} (nothing at {builder.data_dir}); "
+            "reading it downloads nothing. Prepare it there once (this downloads the data) with\n"
+            f"  python -c \"import tensorflow_datasets as tfds; tfds.builder({name!r}, data_dir={root!r})"
+            f".download_and_prepare()\"\n"
+            f"or: tfds build {name} --data_dir {root}   (the tfds command needs apache_beam)")
+
+
 class TfdsSource(ImageSource):
     """Images of one TFDS split, with their texts.
 
     name, split, data_dir: as for `tfds.builder(name, data_dir=...).as_dataset(split=...)`; the
-      dataset must already be prepared in data_dir (nothing is downloaded).
+      dataset must already be prepared in data_dir (nothing is downloaded): FileNotFoundError
+      saying how to prepare it otherwise, ValueError for a name TFDS does not know.
     image_key: the image feature.
     key_field: the feature that names an example (str of it is the key); None: its position.
     text_field: a feature holding one text or a list of texts (nested with "/", e.g.
@@ -61,13 +72,19 @@ class TfdsSource(ImageSource):
         except (RuntimeError, ValueError):
             pass
 
-        builder = tfds.builder(name, data_dir=data_dir)
+        try:
+            builder = tfds.builder(name, data_dir=data_dir)
+        except tfds.core.registered.DatasetNotFoundError as e:  # its message lists every dataset
+            raise ValueError(f"TFDS has no dataset {name!r} (tfds.list_builders() names them)") from e
         features = builder.info.features
         if image_key not in features:
             raise KeyError(f"TFDS {name!r} has no image feature {image_key!r}; "
                            f"features: {sorted(features.keys())}")
-        ds = builder.as_dataset(split=split, shuffle_files=False,
-                                decoders={image_key: tfds.decode.SkipDecoding()})
+        try:
+            ds = builder.as_dataset(split=split, shuffle_files=False,
+                                    decoders={image_key: tfds.decode.SkipDecoding()})
+        except AssertionError as e:  # TFDS's way of saying that data_dir holds no prepared copy
+            raise FileNotFoundError(not_prepared_message(name, builder)) from e
         self._keys: list[str] = []
         self._bytes: list[bytes] = []
         self._texts: list[list[str]] = []

@@ -12,8 +12,10 @@ import dataclasses
 from typing import Iterable, Iterator
 
 import numpy as np
-from tqdm import tqdm
 
+from vlrm_jax.data.image_files import CENTER_CROP
+from vlrm_jax.data.sources import epoch_position
+from vlrm_jax.eval.console import progress_bar
 from vlrm_jax.eval.recall import clip_recall
 
 TEXT_BATCH = 256
@@ -48,11 +50,21 @@ def _generate_captions(captioner, images, batch_size: int, generation: dict, cen
     return captioner.decode(captioner.generate(pixels, **generation))[:n]
 
 
+def _captions_of(keys: list[str], captions: dict[str, str], captions_name: str) -> list[str]:
+    missing = [k for k in keys if k not in captions]
+    if missing:
+        raise ValueError(f"{captions_name} has no caption for image {missing[0]!r} (it has {len(captions)} "
+                         f"captions, e.g. for {next(iter(captions))!r}); it needs one for every image that "
+                         "decodes: caption the same folder with the same --min-size")
+    return [captions[k] for k in keys]
+
+
 def collect(source, clip, captioner=None, captions: dict[str, str] | None = None, *, batch_size: int = 32,
-            generation: dict | None = None, center_crop: bool = True, limit: int | None = None,
-            progress: bool = True) -> EvalSet:
+            generation: dict | None = None, center_crop: bool = CENTER_CROP, limit: int | None = None,
+            progress: bool = True, captions_name: str = "the captions file") -> EvalSet:
     """One pass over `source.records()`: CLIP image embeddings, captions (generated unless given
-    by key) and reference captions. Unreadable images are skipped and counted by the source."""
+    by key) and reference captions. Unreadable images are skipped and counted by the source.
+    The progress bar counts the source's items (bad ones included) as their batch is done."""
     from vlrm_jax.generate import GenerationConfig
 
     if captioner is None and captions is None:
@@ -60,10 +72,9 @@ def collect(source, clip, captioner=None, captions: dict[str, str] | None = None
     if generation is None:
         generation = dataclasses.asdict(GenerationConfig.paper_inference())
     out = EvalSet([], [], [], [])
-    records = source.records()
-    total = min(len(source), limit) if limit else len(source)
-    with tqdm(total=total, unit="img", desc="evaluate", disable=not progress) as bar:
-        for chunk in _chunks(records, batch_size):
+    total = min(source.host_len, limit) if limit else source.host_len
+    with progress_bar(total, "evaluate", progress) as bar:
+        for chunk in _chunks(source.records(), batch_size):
             if limit:
                 chunk = chunk[: max(0, limit - len(out.keys))]
                 if not chunk:
@@ -71,17 +82,16 @@ def collect(source, clip, captioner=None, captions: dict[str, str] | None = None
             images = [r.image for r in chunk]
             keys = [r.key for r in chunk]
             if captions is not None:
-                missing = [k for k in keys if k not in captions]
-                if missing:
-                    raise KeyError(f"no caption for image {missing[0]!r} in the captions file")
-                texts = [captions[k] for k in keys]
+                texts = _captions_of(keys, captions, captions_name)
             else:
                 texts = _generate_captions(captioner, images, batch_size, generation, center_crop)
             out.keys += keys
             out.captions += texts
             out.references += [list(r.extras.get("captions") or []) for r in chunk]
             out.image_emb.append(clip.encode_image(clip.pixel_values(images)))
-            bar.update(len(chunk))
+            bar.update(min(epoch_position(chunk[-1].state, source.host_len), total) - bar.n)
+        if bar.n < total:  # bad files at the end, or --limit reached
+            bar.update(total - bar.n)
     if not out.keys:
         raise ValueError(f"{getattr(source, 'name', 'source')}: no readable images")
     out.image_emb = np.concatenate(out.image_emb)
