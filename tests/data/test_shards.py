@@ -281,3 +281,17 @@ def test_runs_as_a_module(images, tmp_path):
                          capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.startswith("error: --images ") and "Traceback" not in bad.stderr
+
+
+def test_training_reads_the_output_folder_as_shards(images, tmp_path):
+    """`--config.data.source=shards/` (the folder itself) trains on the shards, in the same order
+    as the glob; a folder of images stays an image folder."""
+    from vlrm_jax.data import FolderSource
+    from vlrm_jax.rl.data import open_training_source
+
+    out = tmp_path / "shards"
+    assert pack(images, out, "--per-shard", "4") == 0
+    by_folder, by_glob = open_training_source(str(out), seed=0), open_training_source(f"{out}/*.tar", seed=0)
+    assert isinstance(by_folder, TarSource)
+    assert [by_folder.key(i) for i in range(len(by_folder))] == [by_glob.key(i) for i in range(len(by_glob))] == KEYS
+    assert isinstance(open_training_source(images, seed=0), FolderSource)

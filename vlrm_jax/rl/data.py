@@ -15,6 +15,8 @@ With several processes each stream yields only this process's rows (`A2CStep.pro
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from vlrm_jax.data.decode import DecodeOptions
@@ -61,8 +63,9 @@ class _Preprocessors:
 
 
 def open_training_source(spec: str, seed: int, workers: int = 8, min_side: int = 32):
-    """A training source: a folder, tar shards (a glob or a .tar path) or `tfds:NAME/SPLIT`,
-    split over this process's host (jax.process_index / process_count), shuffled per epoch."""
+    """A training source: an image folder, tar shards (a glob, a .tar path, or a folder of .tar
+    files as `python -m vlrm_jax.data.shards` writes) or `tfds:NAME/SPLIT`, split over this
+    process's host (jax.process_index / process_count), shuffled per epoch."""
     from vlrm_jax.data.sources import FolderSource, TarSource
 
     common = dict(seed=seed, shuffle=True, decode=DecodeOptions(min_side=min_side), workers=workers)
@@ -71,9 +74,19 @@ def open_training_source(spec: str, seed: int, workers: int = 8, min_side: int =
 
         name, _, split = spec[len("tfds:"):].partition("/")
         return TfdsSource(name, split or "train", **common)
-    if spec.endswith(".tar") or "*" in spec:
+    if spec.endswith(".tar") or "*" in spec or _holds_shards_only(spec):
         return TarSource(spec, **common)
     return FolderSource(spec, **common)
+
+
+def _holds_shards_only(folder: str) -> bool:
+    """A folder with .tar files and no images: shards (a folder with both is read as images,
+    the tars ignored, as before)."""
+    from vlrm_jax.data.image_files import list_folder
+
+    if not os.path.isdir(folder) or not any(f.endswith(".tar") for _, _, files in os.walk(folder) for f in files):
+        return False
+    return not list_folder(folder)
 
 
 class ImageStream:
