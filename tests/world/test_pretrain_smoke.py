@@ -27,6 +27,7 @@ def first_run(smoke_cfg, tmp_path_factory):
     return workdir, demo.run(workdir, smoke_cfg, background=True, smoke=True)
 
 
+@pytest.mark.slow  # the whole demo pipeline at smoke size: minutes
 def test_demo_writes_results_rows_and_columns(first_run):
     workdir, summary = first_run
     rows = json.loads((workdir / "results.json").read_text())
@@ -50,6 +51,7 @@ def test_demo_writes_results_rows_and_columns(first_run):
         assert any((workdir / "tb" / stage).iterdir())
 
 
+@pytest.mark.slow  # the whole demo pipeline at smoke size: minutes
 def test_every_folder_loads_through_the_public_api(first_run, smoke_cfg):
     from vlrm_jax import Captioner, ClipModel, ItmScorer, ReferenceLM
 
@@ -76,6 +78,7 @@ def test_every_folder_loads_through_the_public_api(first_run, smoke_cfg):
     assert clip.encode_image(images).shape == clip.encode_text(texts).shape == (2, clip.config.embed_dim)
 
 
+@pytest.mark.slow  # the whole demo pipeline at smoke size: minutes
 def test_clip_trains_on_what_its_folder_preprocessing_gives(first_run, smoke_cfg):
     from vlrm_jax import ClipModel
 
