@@ -5,7 +5,11 @@
 A tiny random captioner written as a model folder into the workdir (`model.source="random"`; then
 read back as a converted one is), random images as a pure function of (seed, data position), and
 the synthetic reward of vlrm_jax.rl.scoring.TokenCountScorer (+1 per `reward.target` token):
-what the loop, checkpoints and resume are tested on.
+what the loop, checkpoints and resume are tested on. The folder is complete like a converted
+one: beside the parameters, a word-level tokenizer of exactly `model.vocab_size` ids (the shapes
+world's words, BLIP2's `<image>` last), Blip2Processor's files and the transformers config; so
+the exported policy captions (`python -m vlrm_jax.caption`) and runs in transformers
+(`python -m convert.to_hf`).
 """
 from ml_collections import ConfigDict
 

@@ -111,6 +111,7 @@ def main(argv=None) -> int:
         from vlrm_jax import Captioner
 
         captioner = Captioner.load(args.model, dtype=args.dtype)
+        captioner.tokenizer  # a folder without one fails here, not after generating
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

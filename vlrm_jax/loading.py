@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from typing import Callable
 
 import jax
@@ -37,6 +38,9 @@ def load_module(model_dir: str, ctor_for_cfg: Callable, cfg) -> nnx.Module:
     return build.from_params(ctor, md.load_params(model_dir, abstract))
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt")
+
+
 class JittedModule:
     """Holds a module split into (graphdef, state) and runs pure functions of it under one jit:
     the graphdef and the function are static, so shapes seen before do not recompile."""
@@ -64,7 +68,13 @@ class JittedModule:
         if self._tokenizer is None:
             from transformers import AutoTokenizer
 
-            self._tokenizer = AutoTokenizer.from_pretrained(self._folder("tokenizer"))
+            folder = self._folder("tokenizer")
+            # without its files transformers guesses a slow tokenizer and fails with a misleading
+            # "need sentencepiece or tiktoken"
+            if not any(os.path.isfile(os.path.join(folder, f)) for f in TOKENIZER_FILES):
+                raise FileNotFoundError(f"{folder} has no tokenizer ({' / '.join(TOKENIZER_FILES)}); "
+                                        "a folder written by convert/ or vlrm_jax.rl.export has one")
+            self._tokenizer = AutoTokenizer.from_pretrained(folder)
         return self._tokenizer
 
     def _folder(self, what: str) -> str:

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tests import factories as F
-from tests.helpers import hf_layout, run_module
+from tests.helpers import hf_layout, hf_new_tokens, run_module
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,9 @@ def test_legacy_q_v_bias_layout_converts(tiny):
 
 
 def test_round_trip_to_transformers_is_strict_and_exact(tiny):
-    from transformers import Blip2ForConditionalGeneration
+    from transformers import AutoProcessor, Blip2ForConditionalGeneration
+
+    from vlrm_jax import Captioner
 
     root, hf = tiny
     run_module("convert.blip2", "--src", str(root / "hf"), "--dst", str(root / "jax"), "--quiet")
@@ -89,6 +91,14 @@ def test_round_trip_to_transformers_is_strict_and_exact(tiny):
                 attention_mask=torch.tensor(full_mask))
     with torch.no_grad():
         np.testing.assert_array_equal(back.eval()(**args).logits.numpy(), hf(**args).logits.numpy())
+
+    # it runs as transformers runs BLIP2: generate from pixels alone, and Blip2Processor's image
+    # placeholder is the config's image_token_index
+    ours = Captioner.load(str(root / "jax")).generate(pixels, max_new_tokens=6)
+    np.testing.assert_array_equal(ours, hf_new_tokens(back, pixels, max_new_tokens=6, do_sample=False))
+    processor = AutoProcessor.from_pretrained(str(root / "back"))
+    assert processor.num_query_tokens == back.config.num_query_tokens
+    assert processor.tokenizer.convert_tokens_to_ids("<image>") == back.config.image_token_index
 
 
 def test_existing_destination_is_refused(tiny):

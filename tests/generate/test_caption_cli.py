@@ -1,5 +1,7 @@
 """`python -m vlrm_jax.caption` on a folder of real image files, broken ones included."""
 import json
+import os
+import shutil
 
 import numpy as np
 import pytest
@@ -78,3 +80,18 @@ def test_caption_cli_captions_tiny_images_unless_a_minimum_size_is_asked(tmp_pat
     bad = run_module("vlrm_jax.caption", "--model", model, "--images", str(images), "--out", str(out),
                      "--min-size", "0", check=False)
     assert bad.returncode == 2 and "--min-size" in bad.stderr
+
+
+def test_a_folder_without_tokenizer_fails_before_generating(tmp_path, model):
+    bare = tmp_path / "bare"
+    shutil.copytree(model, bare)
+    for name in os.listdir(bare):
+        if name.startswith(("tokenizer", "vocab", "merges", "special_tokens")):
+            os.remove(bare / name)
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(images / "a.png")
+    proc = run_module("vlrm_jax.caption", "--model", str(bare), "--images", str(images), "--out",
+                      str(tmp_path / "o.jsonl"), check=False)
+    assert proc.returncode == 2 and "has no tokenizer" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "o.jsonl").exists() or (tmp_path / "o.jsonl").read_text() == ""

@@ -1,6 +1,7 @@
 """Preemption at random moments: ten main.py runs on the tiny config, each killed with SIGKILL
 at a moment drawn from a fixed seed (steps and asynchronous checkpoint writes included) and
-started again, end with bitwise the parameters and metrics of an uninterrupted run."""
+started again, end with bitwise the parameters and metrics of an uninterrupted run; each restart
+names the checkpoint it resumed from."""
 import random
 import signal
 import time
@@ -27,7 +28,12 @@ def test_random_kills_then_restart_equal_an_uninterrupted_run(straight_run, tmp_
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         written = len(metrics(workdir))
-        main(workdir)
+        saved = [int(p.name) for p in (workdir / "checkpoints").glob("*") if p.name.isdigit()]  # complete ones
+        restarted = main(workdir)
+        if saved:
+            assert f"main.py: resuming from step {max(saved)} ({workdir / 'checkpoints'})\n" in restarted.stdout
+        else:  # killed before the first checkpoint: a fresh start
+            assert "resuming" not in restarted.stdout, f"trial {trial}"
         assert metrics(workdir) == want_metrics, f"trial {trial}"
         state, _ = final_state(workdir)
         for a, b in zip(jax.tree.leaves(want_state), jax.tree.leaves(state)):

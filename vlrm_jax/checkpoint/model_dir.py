@@ -3,7 +3,7 @@
     DIR/config.json      {"kind": ..., "format_version": 1, "model": {...}}  (this package's config)
     DIR/params/NNNNN/    orbax checkpoints of the parameters, about 1 GB each (nested dicts, string keys)
     DIR/hf_config.json   the source transformers config, kept for the way back (optional)
-    DIR/<tokenizer and processor files>
+    DIR/<tokenizer and processor files>  (a captioner's: see transformers_files.py)
 
 Parameters are addressed by flat paths (tuples of str/int, as `nnx.to_flat_state` gives them).
 """
@@ -198,6 +198,12 @@ def _restore_target(a: jax.ShapeDtypeStruct) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding)
 
 
+def check_destination(dst: str, overwrite: bool = False) -> None:
+    """An existing `dst` is replaced only with overwrite: checked before a long conversion starts."""
+    if os.path.exists(dst) and not overwrite:
+        raise FileExistsError(f"{os.path.abspath(dst)} already exists (pass --overwrite to replace it)")
+
+
 @contextlib.contextmanager
 def staged_dir(dst: str, overwrite: bool = False) -> Iterator[str]:
     """Yield a temporary sibling folder; move it to `dst` only if the block succeeds.
@@ -205,8 +211,7 @@ def staged_dir(dst: str, overwrite: bool = False) -> Iterator[str]:
     A failed conversion leaves nothing behind, and an existing `dst` is only replaced at the end.
     """
     dst = os.path.abspath(dst)
-    if os.path.exists(dst) and not overwrite:
-        raise FileExistsError(f"{dst} already exists (pass --overwrite to replace it)")
+    check_destination(dst, overwrite)
     parent = os.path.dirname(dst)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.partial-", dir=parent)
@@ -245,3 +250,17 @@ def write_model_dir(
 
 def to_numpy(x) -> np.ndarray:
     return np.asarray(jax.device_get(x))
+
+
+def set_log_verbosity(verbose: bool) -> None:
+    """For command-line tools: orbax logs every read and write at INFO through absl, which shows
+    wherever logging is set to INFO (another tool's basicConfig, a notebook); only with --verbose."""
+    import logging
+
+    from absl import logging as absl_logging
+
+    if verbose:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        absl_logging.set_verbosity(absl_logging.INFO)
+    else:
+        absl_logging.set_verbosity(absl_logging.WARNING)

@@ -173,7 +173,8 @@ def write_samples(workdir: Path, step: int, samples, decode, n: int, tb: ScalarL
 
 
 def train(step: A2CStep, stream, cfg: LoopConfig, seed: int, hooks: Hooks = Hooks()) -> TrainState:
-    """Run (or resume) to `cfg.total_steps`; returns the final state."""
+    """Run (or resume) to `cfg.total_steps`; returns the final state, one before `total_steps`
+    only when SIGTERM stopped the run (that step saved)."""
     workdir = Path(cfg.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     checkpoints = Checkpoints(checkpoint_location(cfg.workdir, cfg.checkpoint_dir), keep=cfg.keep_checkpoints)

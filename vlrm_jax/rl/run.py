@@ -22,6 +22,7 @@ from vlrm_jax.rl.assemble import SHARE_CHOICES
 from vlrm_jax.rl.checkpoint import is_url
 from vlrm_jax.rl.config import A2CConfig
 from vlrm_jax.rl.loop import Hooks, LoopConfig
+from vlrm_jax.rl.run_config import RUN_CONFIG, save_run_config  # noqa: F401 - read from here by export and tests
 
 POSITIVE = ("total_steps", "checkpoint_every", "keep_checkpoints", "log_every", "batch_size", "max_skips_in_row")
 NON_NEGATIVE = ("seed", "eval_every", "samples_every")
@@ -199,10 +200,13 @@ def check_distributed(cfg) -> None:
 # ----------------------------------------------------------------------------------------------
 def write_random_captioner(m, folder: Path) -> str:
     """A BLIP2 of the configured tiny sizes, every weight normal(0, init_std) and norms around 1,
-    written as a model folder (what a converter would have written)."""
+    written as a model folder with what a converter would have written beside the parameters:
+    a tokenizer of the model's vocabulary (`random_captioner_tokenizer`), Blip2Processor's files
+    and the transformers config."""
     from flax import nnx
 
     from vlrm_jax.checkpoint import kinds
+    from vlrm_jax.checkpoint import transformers_files
     from vlrm_jax.checkpoint.model_dir import write_model_dir
     from vlrm_jax.models.blip2 import Blip2Captioner, Blip2Config
     from vlrm_jax.models.build import flat_params
@@ -228,8 +232,20 @@ def write_random_captioner(m, folder: Path) -> str:
     for path, value in flat_params(model).items():
         base = 1.0 if "scale" in path else 0.0
         params[path] = np.asarray(base + m.init_std * rng.normal(size=value.shape), np.float32)
-    write_model_dir(str(folder), kinds.BLIP2_OPT, cfg.to_dict(), params)
+    with transformers_files.staging_folder() as side:
+        random_captioner_tokenizer(m.vocab_size).save_pretrained(side)
+        model_cfg, hf_config = transformers_files.complete_captioner_files(side, cfg.to_dict(), None)
+        write_model_dir(str(folder), kinds.BLIP2_OPT, model_cfg, params, hf_config=hf_config,
+                        extra_files=transformers_files.side_files(side, set()))
     return str(folder)
+
+
+def random_captioner_tokenizer(vocab_size: int):
+    """The random captioner's tokenizer: the shapes world's words, one id each, `<image>` last
+    (its image_token_index), exactly `vocab_size` ids."""
+    from vlrm_jax.world.tokenizers import word_level_tokenizer, world_words
+
+    return word_level_tokenizer(world_words(), vocab_size)
 
 
 def _random_captioner_once(cfg) -> str:
@@ -295,22 +311,6 @@ def _check_vocabulary(key: str, folder: str, vocab_size: int) -> None:
     n = len(AutoTokenizer.from_pretrained(folder))
     if n > vocab_size:
         raise ConfigError(key, f"{path} has {n} tokens, more than the model's vocabulary of {vocab_size}")
-
-
-RUN_CONFIG = "run_config.json"
-
-
-def save_run_config(cfg, captioner_dir: str) -> None:
-    """The config a workdir was trained with, beside its checkpoints (export reads it); written
-    by process 0 only."""
-    from vlrm_jax import distributed
-
-    if not distributed.is_main():
-        return
-    workdir = Path(cfg.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    record = {"config": json.loads(cfg.to_json()), "captioner_dir": str(Path(captioner_dir).absolute())}
-    (workdir / RUN_CONFIG).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
 
 
 def build(cfg):

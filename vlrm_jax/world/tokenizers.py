@@ -4,7 +4,9 @@
   (`<s>`=0, `<pad>`=1, `</s>`=2 is BOS and EOS, `<unk>`=3; BOS prepended on encode as OPT does);
 - ITM: lowercase WordPiece shaped like BLIP2-ITM's BertTokenizer ([PAD]=0, [UNK], [CLS], [SEP],
   [MASK]; encode gives [CLS] ... [SEP]);
-- CLIP: open_clip's own SimpleTokenizer, unchanged (`clip_tokenizer`).
+- CLIP: open_clip's own SimpleTokenizer, unchanged (`clip_tokenizer`);
+- the tiny random captioner (configs/tiny.py): a word-level tokenizer of exactly its vocabulary
+  (`word_level_tokenizer`), OPT's specials first and BLIP2's `<image>` placeholder last.
 The vocabularies come from the world's words, so they are small and the same for every seed.
 """
 from __future__ import annotations
@@ -20,6 +22,7 @@ from vlrm_jax.world import shapes
 
 OPT_SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>")  # ids 0..3, as in facebook/opt-*
 BERT_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # ids 0..4
+IMAGE_TOKEN = "<image>"  # BLIP2's image placeholder, as in Salesforce/blip2-opt-*'s tokenizer
 # Room for every world word as one token on top of the 256 byte symbols; training stops earlier
 # once every word of the corpus is whole.
 CAPTIONER_VOCAB_SIZE = 512
@@ -88,6 +91,37 @@ def captioner_tokenizer(vocab: dict[str, int], merges: list[tuple[str, str]]):
     # OPT's <s> (id 0) is special too: never split, and dropped by skip_special_tokens.
     tokenizer.add_tokens([AddedToken("<s>", special=True, normalized=False)], special_tokens=True)
     return tokenizer
+
+
+# ----------------------------------------------------------------------------------------------
+# The tiny random captioner: words of the world, one id each.
+# ----------------------------------------------------------------------------------------------
+def word_level_tokenizer(words: list[str], vocab_size: int):
+    """A fast tokenizer of exactly `vocab_size` ids, shaped like OPT's: `<s>` `<pad>` `</s>`
+    `<unk>` (`</s>` is BOS, prepended on encode, and EOS), then `words` (cut, or filled up with
+    `w<id>` so that every id the model can sample decodes to a word), then `<image>` as the last
+    id, where the random captioner's config puts image_token_index."""
+    from tokenizers import AddedToken, Tokenizer, decoders, normalizers, processors
+    from tokenizers import models as tok_models
+    from transformers import PreTrainedTokenizerFast
+
+    first_filler = len(OPT_SPECIAL_TOKENS) + len(words)
+    room = vocab_size - len(OPT_SPECIAL_TOKENS) - 1
+    if room < 1:
+        raise ValueError(f"a vocabulary of {vocab_size} has no room for a word besides the special tokens")
+    tokens = list(OPT_SPECIAL_TOKENS) + list(words[:room])
+    tokens += [f"w{i}" for i in range(first_filler, vocab_size - 1)] + [IMAGE_TOKEN]
+    tokenizer = Tokenizer(tok_models.WordLevel({t: i for i, t in enumerate(tokens)}, unk_token="<unk>"))
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.decoder = decoders.WordPiece(prefix="##")  # joins the words with spaces
+    tokenizer.post_processor = processors.TemplateProcessing(single="</s> $A", pair="</s> $A </s> $B",
+                                                             special_tokens=[("</s>", 2)])
+    # <s> and <image> never come from text and are dropped by skip_special_tokens, as in OPT / BLIP2.
+    tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False)
+                                  for t in (*OPT_SPECIAL_TOKENS, IMAGE_TOKEN)])
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="</s>", eos_token="</s>",
+                                   unk_token="<unk>", pad_token="<pad>", clean_up_tokenization_spaces=False)
 
 
 # ----------------------------------------------------------------------------------------------
