@@ -2,10 +2,11 @@
 `main.py` run -> `vlrm_jax.rl.export` -> `vlrm_jax.caption` on a folder -> `vlrm_jax.evaluate
 --captions` on that file -> `convert.to_hf` -> transformers' own `generate` and `AutoProcessor` give
 the same token ids and captions as the caption CLI. Each tool reads what the one before it wrote,
-unchanged."""
+unchanged. The README's Python block runs as written on the same folders."""
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -100,3 +101,34 @@ def test_transformers_generates_the_caption_cli_captions_from_the_to_hf_folder(p
     assert [row[row != pad].tolist() for row in new] == [r["token_ids"] for r in rows]
     texts = [t.strip() for t in processor.batch_decode(new, skip_special_tokens=True)]
     assert texts == [r["caption"] for r in rows]
+
+
+def _readme_python_block() -> str:
+    readme = (Path(REPO) / "README.md").read_text()
+    section = readme[readme.index("## Python API"):]
+    return section[section.index("```python\n") + len("```python\n"):section.index("\n```", section.index("```python"))]
+
+
+def test_the_readme_python_block_runs_as_written(path, clip_folder, tmp_path):
+    """README's Python API block, unchanged, in a folder whose ckpt/ holds tiny models under the
+    README's names (the exported policy, a converted ITM, OpenCLIP and OPT) and photos/ two images."""
+    from tests import factories as F
+
+    root, exported, _, _ = path
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "vlrm-tiny").symlink_to(exported)
+    (ckpt / "clip-g").symlink_to(clip_folder)
+    F.save_tiny_itm(str(tmp_path / "itm-hf"), seed=3)
+    convert_in_process("convert.blip2_itm", "--src", str(tmp_path / "itm-hf"), "--dst", str(ckpt / "blip2-itm-vit-g"), "--quiet")
+    F.save_tiny_tokenizer(str(ckpt / "blip2-itm-vit-g"))  # the real converted ITM folder has BERT's
+    F.save_tiny_opt(str(tmp_path / "opt-hf"), seed=4)
+    convert_in_process("convert.opt", "--src", str(tmp_path / "opt-hf"), "--dst", str(ckpt / "opt-2.7b"), "--quiet")
+    (tmp_path / "photos" / "2024").mkdir(parents=True)
+    rng = np.random.default_rng(9)
+    for name, size in [("img0.jpg", (48, 40)), ("2024/img1.jpg", (30, 64))]:
+        Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(tmp_path / "photos" / name)
+    proc = subprocess.run([sys.executable, "-c", _readme_python_block()], cwd=tmp_path, env=env(), capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("\n") == 2  # the two print lines

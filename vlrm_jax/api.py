@@ -119,6 +119,10 @@ class ItmScorer(JittedModule):
         cfg = override_precision(ItmConfig.from_dict(meta["model"]), dtype, param_dtype, ("vision",))
         return cls(load_module(model_dir, lambda c: Blip2Itm(c, rngs=nnx.Rngs(0)), cfg), model_dir)
 
+    @property
+    def config(self) -> "ItmConfig":  # noqa: F821
+        return self.module.cfg
+
     def _inputs(self, pixel_values, input_ids, attention_mask):
         return (jnp.asarray(pixel_values, jnp.float32), *ids_and_mask(input_ids, attention_mask))
 
