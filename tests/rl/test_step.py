@@ -119,14 +119,14 @@ def test_bad_settings_fail_with_the_name():
         step.step(step.init_state(0), step.frozen, step.shard_batch({"pixels": tiny_pixels(8)}))
 
 
-# the paper's A2C in `make test`; the two baselines of the ablation compile a step each (slow)
-@pytest.mark.parametrize("estimator", ["a2c", pytest.param("scst", marks=pytest.mark.slow),
-                                       pytest.param("rloo", marks=pytest.mark.slow)])
+# the paper's A2C in `make test`; the other estimators compile a step each (slow)
+@pytest.mark.parametrize("estimator", ["a2c", *(pytest.param(name, marks=pytest.mark.slow)
+                                                for name in ("scst", "rloo", "grpo", "drgrpo"))])
 def test_each_estimator_raises_a_synthetic_reward(estimator):
     """Reward = number of token 20 in the caption (the frozen OPT samples it now and then):
     30 updates of the soft prompt alone must make it clearly more frequent."""
     captioner = tiny_captioner()
-    cfg = A2CConfig(estimator=estimator, learning_rate=3e-2, warmup_steps=1, rloo_samples=2)
+    cfg = A2CConfig(estimator=estimator, learning_rate=3e-2, warmup_steps=1, group_size=2)
     step = A2CStep(cfg, captioner, value_net(captioner), TokenCountScorer(20, EOS), ROLLOUT)
     state = step.init_state(0)
     batch = step.shard_batch({"pixels": tiny_pixels(16 // cfg.samples_per_image)})

@@ -8,8 +8,9 @@ from __future__ import annotations
 import dataclasses
 
 from vlrm_jax.models import blip2
+from vlrm_jax.rl import estimators
 
-ESTIMATORS = ("a2c", "scst", "rloo")
+ESTIMATORS = tuple(estimators.ESTIMATORS)
 PROB_DISTRIBUTIONS = ("sampled", "tempered", "raw")
 OBJECTIVES = ("prob", "logprob")
 CLIP_MODES = ("joint", "per_network")
@@ -26,7 +27,9 @@ VALUE_TRAINABLE = (r"^lora/", r"^head/")
 
 @dataclasses.dataclass(frozen=True)
 class A2CConfig:
-    estimator: str = "a2c"  # a2c: learned value; scst: greedy caption's reward; rloo: leave-one-out
+    # a2c: learned value; scst: greedy caption's reward; rloo: leave-one-out; grpo / drgrpo: the
+    # image's group mean (grpo also divides by its std). vlrm_jax/rl/estimators.py has each one.
+    estimator: str = "a2c"
     # p_k: the probability of the sampled token under the distribution the rollout drew it from
     # (temperature, then top-k renormalised), under the tempered softmax, or under the raw softmax.
     prob: str = "sampled"
@@ -43,7 +46,7 @@ class A2CConfig:
     clip_norm: float = 1.0
     clip_mode: str = "joint"
     advantage_eps: float = 1e-8  # M = (A - mean) / (std + eps)
-    rloo_samples: int = 4  # captions per image for rloo
+    group_size: int = 4  # captions per image for the grouped estimators (rloo, grpo, drgrpo)
     logit_chunk: int = 16  # caption positions per chunk of the vocabulary projection
     remat: bool = True  # recompute each OPT layer in the backward passes
     grad_reduce: str = "step"
@@ -67,13 +70,19 @@ class A2CConfig:
             raise ValueError(f"a2c warmup_steps={self.warmup_steps}: must be >= 0")
         if self.learning_rate <= 0 or self.clip_norm <= 0:
             raise ValueError("a2c learning_rate and clip_norm must be > 0")
-        if self.estimator == "rloo" and self.rloo_samples < 2:
-            raise ValueError(f"a2c rloo_samples={self.rloo_samples}: leave-one-out needs >= 2")
+        if self.kind.grouped and self.group_size < 2:
+            raise ValueError(f"a2c group_size={self.group_size}: {self.estimator} compares the captions of an "
+                             "image, so it needs >= 2")
+
+    @property
+    def kind(self) -> estimators.Estimator:
+        """The estimator's entry: what it needs from the step."""
+        return estimators.ESTIMATORS[self.estimator]
 
     @property
     def uses_value(self) -> bool:
-        return self.estimator == "a2c"
+        return self.kind.uses_value
 
     @property
     def samples_per_image(self) -> int:
-        return self.rloo_samples if self.estimator == "rloo" else 1
+        return self.group_size if self.kind.grouped else 1

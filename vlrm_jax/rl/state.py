@@ -21,8 +21,9 @@ class Experience:
     tokens: jax.Array  # (R, T) int32 sampled ids, pad after EOS
     mask: jax.Array  # (R, T) int32: 1 for sampled tokens up to and including EOS
     returns: jax.Array  # (R, T) float32 per-token returns, 0 outside the mask
-    baseline: jax.Array | None = None  # (R,) float32 for scst / rloo; None: the learned value
+    baseline: jax.Array | None = None  # (R,) float32 estimator baseline (estimators.py); None: the learned value
     support: jax.Array | None = None  # (R, T, S) int32 sampling support per token (Rollout.support)
+    scale: jax.Array | None = None  # (R,) float32 divisor of the advantage (grpo's group std); None: 1
 
     @property
     def rows(self) -> int:

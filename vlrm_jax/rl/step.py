@@ -32,7 +32,7 @@ from vlrm_jax.models.blip2 import Blip2Captioner
 from vlrm_jax.models.opt import causal_mask, position_ids
 from vlrm_jax.models.value import ValueNetwork
 from vlrm_jax.rewards.reward import RewardModels
-from vlrm_jax.rl import losses, optim
+from vlrm_jax.rl import estimators, losses, optim
 from vlrm_jax.rl.config import A2CConfig
 from vlrm_jax.rl.state import Experience, FrozenParams, TrainState
 from vlrm_jax.rl.trainable import split_trainable, trainable_names
@@ -52,7 +52,7 @@ def caption_inputs(captioner: Blip2Captioner, soft_prompt, tokens, mask):
 def _check_rollout(cfg: A2CConfig, rollout: GenerationConfig, scorer) -> None:
     if not rollout.do_sample or rollout.num_beams != 1 or rollout.num_return_sequences != 1:
         raise ValueError("rollout generation must sample one caption per row (do_sample=True, num_beams=1, "
-                         "num_return_sequences=1; rloo repeats the images itself)")
+                         "num_return_sequences=1; grouped estimators repeat the images themselves)")
     if cfg.prob == "sampled" and (rollout.no_repeat_ngram_size or rollout.min_new_tokens or rollout.top_p < 1):
         raise ValueError("a2c prob='sampled' takes p_k under temperature and top-k only; the rollout also uses "
                          "no_repeat_ngram_size / min_new_tokens / top_p, so p_k would not be the sampling "
@@ -245,7 +245,7 @@ class A2CStep:
         models = self._reward_models(cap, frozen)
         states, itm_states = self._vision(cap, models, batch)
         k = self.cfg.samples_per_image
-        if k > 1:  # rloo: k captions of every image, rows i*k .. i*k+k-1 for image i
+        if k > 1:  # grouped estimators: k captions of every image, rows i*k .. i*k+k-1 for image i
             repeat = lambda x: None if x is None else jnp.repeat(x, k, axis=0)  # noqa: E731
             states, itm_states = repeat(states), repeat(itm_states)
             batch = {name: repeat(v) for name, v in batch.items()}
@@ -257,23 +257,22 @@ class A2CStep:
         returns = jnp.asarray(out.returns, jnp.float32)
         metrics = {f"reward/{name}": v for name, v in out.stats.items()}
         metrics["reward/mean"] = jnp.mean(returns[:, 0])  # a caption's whole reward is R at its first token
-        baseline = None
-        if self.cfg.estimator == "scst":
-            greedy_cfg = dataclasses.replace(self.rollout_cfg, do_sample=False, temperature=1.0, top_k=None,
-                                             support_size=0)
-            greedy = generate_from_vision_states(cap, greedy_cfg, states)
-            baseline = jnp.asarray(self.scorer(models, greedy.tokens, itm_states, batch, self.mesh).returns[:, 0], jnp.float32)
-            metrics["baseline/mean"] = jnp.mean(baseline)
-        elif self.cfg.estimator == "rloo":
-            total = returns[:, 0].reshape(-1, k)
-            baseline = ((total.sum(axis=1, keepdims=True) - total) / (k - 1)).reshape(-1)
+        baseline, scale, kind = None, None, self.cfg.kind
+        if kind.baseline is not None:
+            greedy = None
+            if kind.greedy_rollout:
+                greedy_cfg = dataclasses.replace(self.rollout_cfg, do_sample=False, temperature=1.0, top_k=None,
+                                                 support_size=0)
+                tokens = generate_from_vision_states(cap, greedy_cfg, states).tokens
+                greedy = jnp.asarray(self.scorer(models, tokens, itm_states, batch, self.mesh).returns[:, 0], jnp.float32)
+            baseline, scale = kind.baseline(returns[:, 0], k, greedy, self.cfg.advantage_eps)
             metrics["baseline/mean"] = jnp.mean(baseline)
         valid = rollout.mask.astype(jnp.float32)
         metrics["caption/length"] = jnp.mean(jnp.sum(valid, axis=1))
         metrics["caption/eos_rate"] = jnp.mean(rollout.finished.astype(jnp.float32))
         support = None if rollout.support is None else self._pin(rollout.support, "batch", "length")
         exp = Experience(states, jax.lax.stop_gradient(cap.soft_prompt(states)), rollout.tokens,
-                         rollout.mask.astype(jnp.int32), returns, baseline, support)
+                         rollout.mask.astype(jnp.int32), returns, baseline, support, scale)
         samples = {"tokens": rollout.tokens, "reward": returns[:, 0]}
         for name, part in out.parts.items():  # per caption: scalars as they are, token parts summed
             if name != "mask":
@@ -414,15 +413,16 @@ class A2CStep:
             value_grads, value_sum, values = self._value_pass(state, frozen, exp)
             value_grads = jax.tree.map(lambda g: g / n, value_grads)
             value_loss = value_sum / n
-            advantages = exp.returns - values
+            advantages = estimators.advantages(exp.returns, values)
             metrics["value/explained_variance"] = losses.explained_variance(exp.returns, values, mask)
             metrics["value/mean"] = jnp.sum(values * mask) / n
         else:
             value_grads = jax.tree.map(jnp.zeros_like, state.value)
             value_loss = jnp.float32(0)
-            advantages = exp.returns - exp.baseline[:, None]
+            advantages = estimators.advantages(exp.returns, offset=exp.baseline, scale=exp.scale)
         stats = losses.advantage_stats(advantages, mask)
-        normalised = losses.normalise(advantages, stats, self.cfg.advantage_eps) * mask
+        weights = losses.normalise(advantages, stats, self.cfg.advantage_eps) if self.cfg.kind.whiten else advantages
+        normalised = weights * mask
         policy_grads, sums = self._policy_pass(state, frozen, exp, normalised)
         policy_grads = jax.tree.map(lambda g: g / n, policy_grads)
         metrics.update({
