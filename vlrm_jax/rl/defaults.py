@@ -47,8 +47,10 @@ def base_config() -> ConfigDict:
                                itm_max_length=64, weights=ConfigDict(dict(sim=1.0, rs=0.3))))
     # grad_reduce "step": each data-parallel device sums its rows' gradients over the micro-batches
     # and the devices' sums meet once per step; "micro_batch": in every micro-batch (docs/scaling.md)
-    c.a2c = ConfigDict(dict(estimator="a2c", prob="sampled", objective="prob", micro_batches=64, learning_rate=1e-5,
-                            warmup_steps=20, clip_norm=1.0, clip_mode="joint", grad_reduce="step"))
+    # estimator: a2c, scst, rloo, grpo, drgrpo (vlrm_jax/rl/estimators.py); group_size: captions per
+    # image for the grouped ones (rloo, grpo, drgrpo), which then roll out batch_size x group_size
+    c.a2c = ConfigDict(dict(estimator="a2c", group_size=4, prob="sampled", objective="prob", micro_batches=64,
+                            learning_rate=1e-5, warmup_steps=20, clip_norm=1.0, clip_mode="joint", grad_reduce="step"))
     c.value = ConfigDict(dict(lora_rank=16, lora_alpha=32.0, head="transformer", head_layers=3, head_mlp_ratio=6))
     # a folder, tar shards ("shards/*.tar") or "tfds:NAME/SPLIT"; min_side: smaller images are skipped
     c.data = ConfigDict(dict(source="", workers=16, min_side=32))
