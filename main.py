@@ -61,7 +61,7 @@ def main(argv) -> None:
               file=sys.stderr)
         sys.exit(2)
     run_config.append_history(cfg, resume)  # after build: a start that fails to build records nothing
-    run.save_run_config(cfg, captioner_dir)
+    run_config.save_run_config(cfg, captioner_dir)
     if distributed.is_main() and resume.step is not None:
         print(f"main.py: resuming from step {resume.step} ({checkpoint_location(cfg.workdir, cfg.checkpoint_dir)})",
               flush=True)

@@ -47,19 +47,11 @@ def _to_torch(array: np.ndarray):
         return torch.from_numpy(np.ascontiguousarray(array))
 
 
-def _stored_hf_config(src: str) -> dict | None:
-    path = os.path.join(src, md.HF_CONFIG_FILE)
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
 def _write_side_files(src: str, dst: str, meta: dict) -> dict:
     """Copy the folder's tokenizer and processor files to `dst`, completing a captioner's;
     returns the transformers config."""
     transformers_files.copy_files(transformers_files.side_files(src, SKIPPED), dst)
-    hf_config = _stored_hf_config(src)
+    hf_config = md.read_hf_config(src)
     if meta["kind"] != kinds.BLIP2_OPT:
         return hf_config or hf_config_for(meta["kind"], meta["model"])
     try:

@@ -18,6 +18,7 @@ except ImportError:
     pass
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
@@ -44,3 +45,13 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("gpu"):
             item.add_marker(skip)
+
+
+@pytest.fixture
+def absl_verbosity():
+    """absl's verbosity restored after a test that lets a command line tool set it."""
+    from absl import logging as absl_logging
+
+    before = absl_logging.get_verbosity()
+    yield
+    absl_logging.set_verbosity(before)

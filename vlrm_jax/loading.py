@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 from typing import Callable
 
 import jax
@@ -12,6 +11,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vlrm_jax.checkpoint import model_dir as md
+from vlrm_jax.checkpoint import transformers_files
 from vlrm_jax.models import build
 
 
@@ -36,9 +36,6 @@ def load_module(model_dir: str, ctor_for_cfg: Callable, cfg) -> nnx.Module:
     ctor = lambda: ctor_for_cfg(cfg)  # noqa: E731
     abstract = build.flat_params(build.abstract(ctor))
     return build.from_params(ctor, md.load_params(model_dir, abstract))
-
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt")
 
 
 class JittedModule:
@@ -71,8 +68,8 @@ class JittedModule:
             folder = self._folder("tokenizer")
             # without its files transformers guesses a slow tokenizer and fails with a misleading
             # "need sentencepiece or tiktoken"
-            if not any(os.path.isfile(os.path.join(folder, f)) for f in TOKENIZER_FILES):
-                raise FileNotFoundError(f"{folder} has no tokenizer ({' / '.join(TOKENIZER_FILES)}); "
+            if not transformers_files.has_tokenizer(folder):
+                raise FileNotFoundError(f"{folder} has no tokenizer (tokenizer.json / tokenizer_config.json); "
                                         "a folder written by convert/ or vlrm_jax.rl.export has one")
             self._tokenizer = AutoTokenizer.from_pretrained(folder)
         return self._tokenizer

@@ -102,15 +102,6 @@ def test_bad_sources_print_one_error_line_and_exit_2(tmp_path, capsys):
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
 
 
-@pytest.fixture
-def absl_verbosity():
-    from absl import logging as absl_logging
-
-    before = absl_logging.get_verbosity()
-    yield
-    absl_logging.set_verbosity(before)
-
-
 def test_orbax_info_lines_show_with_verbose_only(tmp_path, caplog, absl_verbosity):
     from convert import to_hf
 

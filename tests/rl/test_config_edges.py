@@ -68,10 +68,10 @@ def trained_workdir(tmp_path):
     """What a run of main.py leaves: run_config.json and a complete checkpoint of step 5."""
     import jax.numpy as jnp
 
-    from vlrm_jax.rl import run
+    from vlrm_jax.rl import run_config
     from vlrm_jax.rl.checkpoint import Checkpoints
 
-    run.save_run_config(_config(tmp_path), str(tmp_path / "models" / "captioner"))
+    run_config.save_run_config(_config(tmp_path), str(tmp_path / "models" / "captioner"))
     checkpoints = Checkpoints(tmp_path / "checkpoints")
     checkpoints.save(5, {"w": jnp.zeros(2)}, {"step": 5})
     checkpoints.wait()
@@ -100,7 +100,7 @@ def test_operational_keys_change_freely(trained_workdir):
 
 
 def test_an_allowed_change_is_appended_to_the_history(trained_workdir):
-    from vlrm_jax.rl import run, run_config
+    from vlrm_jax.rl import run_config
 
     captioner = str(trained_workdir / "models" / "captioner")
     history = trained_workdir / "config_history.jsonl"
@@ -110,7 +110,7 @@ def test_an_allowed_change_is_appended_to_the_history(trained_workdir):
             run_config.check_resume(cfg, allow_change=False)
         resume = run_config.check_resume(cfg, allow_change=True)
         run_config.append_history(cfg, resume)
-        run.save_run_config(cfg, captioner)  # now the saved config: the next start compares with it
+        run_config.save_run_config(cfg, captioner)  # now the saved config: the next start compares with it
     lines = [json.loads(line) for line in history.read_text().splitlines()]
     assert [{k: v for k, v in line.items() if k != "time"} for line in lines] == [
         {"resumed_from_step": 5, "changes": {"a2c.learning_rate": {"old": 0.03, "new": 0.01}}},
@@ -128,9 +128,9 @@ def test_an_unreadable_saved_config_refuses_the_resume(trained_workdir):
 
 
 def test_without_a_complete_checkpoint_there_is_nothing_to_compare(tmp_path):
-    from vlrm_jax.rl import run, run_config
+    from vlrm_jax.rl import run_config
 
-    run.save_run_config(_config(tmp_path), str(tmp_path / "models" / "captioner"))
+    run_config.save_run_config(_config(tmp_path), str(tmp_path / "models" / "captioner"))
     (tmp_path / "checkpoints" / "5.orbax-checkpoint-tmp-1").mkdir(parents=True)  # a save cut short
     resume = run_config.check_resume(_config(tmp_path, batch_size=32), allow_change=False)
     assert resume == run_config.Resume(step=None)

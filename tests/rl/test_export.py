@@ -17,13 +17,13 @@ from tests.helpers import hf_new_tokens, run_module
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     from vlrm_jax.config_utils import load_config
-    from vlrm_jax.rl import loop, run
+    from vlrm_jax.rl import loop, run, run_config
 
     workdir = tmp_path_factory.mktemp("tiny_run")
     cfg = load_config("tiny")
     cfg.workdir, cfg.total_steps, cfg.mesh.data = str(workdir), 3, 1
     step, stream, loop_cfg, hooks, captioner_dir = run.build(cfg)
-    run.save_run_config(cfg, captioner_dir)
+    run_config.save_run_config(cfg, captioner_dir)
     loop.train(step, stream, dataclasses.replace(loop_cfg, progress=False), cfg.seed, hooks)
     return workdir, captioner_dir
 
@@ -131,15 +131,6 @@ def test_bad_arguments_print_one_error_line_and_exit_2(tiny_run, tmp_path, capsy
     proc = run_module("vlrm_jax.rl.export", "--workdir", str(tmp_path / "missing"), "--dst", str(tmp_path / "out"),
                       check=False)
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
-
-
-@pytest.fixture
-def absl_verbosity():
-    from absl import logging as absl_logging
-
-    before = absl_logging.get_verbosity()
-    yield
-    absl_logging.set_verbosity(before)
 
 
 def test_orbax_info_lines_show_with_verbose_only(tiny_run, tmp_path, caplog, absl_verbosity):

@@ -198,6 +198,15 @@ def _restore_target(a: jax.ShapeDtypeStruct) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding)
 
 
+def read_hf_config(folder: str) -> dict | None:
+    """The folder's transformers config (hf_config.json), None when it has none."""
+    path = os.path.join(folder, HF_CONFIG_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
 def check_destination(dst: str, overwrite: bool = False) -> None:
     """An existing `dst` is replaced only with overwrite: checked before a long conversion starts."""
     if os.path.exists(dst) and not overwrite:

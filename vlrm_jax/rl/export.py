@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -33,7 +32,8 @@ from vlrm_jax.checkpoint import transformers_files
 from vlrm_jax.models.build import flat_params
 from vlrm_jax.rl.checkpoint import checkpoint_location
 from vlrm_jax.rl.config import A2CConfig
-from vlrm_jax.rl.run import RUN_CONFIG, random_captioner_tokenizer
+from vlrm_jax.rl.run import random_captioner_tokenizer
+from vlrm_jax.rl.run_config import RUN_CONFIG
 from vlrm_jax.rl.trainable import split_trainable
 
 
@@ -81,10 +81,8 @@ def _side_files(src: str, record: dict, side: str, meta: dict) -> tuple[dict, di
     if not transformers_files.has_tokenizer(side) and record["config"]["model"].get("source") == "random":
         # a random captioner folder that lacks its tokenizer gets the one write_random_captioner writes
         random_captioner_tokenizer(meta["model"]["text"]["vocab_size"]).save_pretrained(side)
-    hf_path = os.path.join(src, md.HF_CONFIG_FILE)
-    hf_config = json.loads(Path(hf_path).read_text()) if os.path.isfile(hf_path) else None
     try:
-        return transformers_files.complete_captioner_files(side, meta["model"], hf_config)
+        return transformers_files.complete_captioner_files(side, meta["model"], md.read_hf_config(src))
     except ValueError as e:
         raise ValueError(f"{src}: {e}") from None
 

@@ -22,7 +22,6 @@ from vlrm_jax.rl.assemble import SHARE_CHOICES
 from vlrm_jax.rl.checkpoint import is_url
 from vlrm_jax.rl.config import A2CConfig
 from vlrm_jax.rl.loop import Hooks, LoopConfig
-from vlrm_jax.rl.run_config import RUN_CONFIG, save_run_config  # noqa: F401 - read from here by export and tests
 
 POSITIVE = ("total_steps", "checkpoint_every", "keep_checkpoints", "log_every", "batch_size", "max_skips_in_row")
 NON_NEGATIVE = ("seed", "eval_every", "samples_every")

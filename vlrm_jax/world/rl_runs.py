@@ -59,11 +59,11 @@ def train_and_export(cfg, policy: Path, progress: bool = True) -> Path:
     """Train (or resume, or reuse) the run `cfg` describes and export its policy to `policy`."""
     import dataclasses
 
-    from vlrm_jax.rl import loop, run
+    from vlrm_jax.rl import loop, run, run_config
     from vlrm_jax.rl.export import export
 
     workdir = Path(cfg.workdir)
-    saved, models = workdir / run.RUN_CONFIG, workdir / MODELS_FILE
+    saved, models = workdir / run_config.RUN_CONFIG, workdir / MODELS_FILE
     fingerprint = _models_fingerprint(cfg)
     if saved.is_file() and (json.loads(saved.read_text())["config"] != json.loads(cfg.to_json())
                             or not models.is_file() or json.loads(models.read_text()) != fingerprint):
@@ -71,7 +71,7 @@ def train_and_export(cfg, policy: Path, progress: bool = True) -> Path:
     workdir.mkdir(parents=True, exist_ok=True)
     models.write_text(json.dumps(fingerprint, indent=1, sort_keys=True) + "\n")
     step, stream, loop_cfg, hooks, captioner_dir = run.build(cfg)
-    run.save_run_config(cfg, captioner_dir)
+    run_config.save_run_config(cfg, captioner_dir)
     loop.train(step, stream, dataclasses.replace(loop_cfg, progress=progress), cfg.seed, hooks)
     export(str(workdir), str(policy), overwrite=True)
     return Path(policy)
