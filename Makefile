@@ -9,7 +9,11 @@ TORCH := torch==2.14.1 torchvision==0.29.1
 
 install: $(VENV)/.installed
 
+# Java: pycocoevalcap's PTB tokenizer and METEOR (the evaluation's reference metrics), from Debian's
+# packages where the machine has none (CI runs as root; elsewhere run this line with sudo).
 $(VENV)/.installed: setup.py
+	command -v java >/dev/null || (apt-get update -q && apt-get install -y -q default-jre-headless)
+	java -version
 	python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH)

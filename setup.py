@@ -18,6 +18,9 @@ CORE = [
     "tensorboard>=2.18",
     "tensorboardX>=2.6",
     "matplotlib>=3.8",
+    # BLEU / METEOR / ROUGE-L / CIDEr-D of the evaluation: the field's reference implementation
+    # (its tokenizer and METEOR run on Java: `make install` installs Debian's runtime)
+    "pycocoevalcap>=1.2,<2",
 ]
 CONVERT = ["torch>=2.9,<=2.14.1", "torchvision>=0.24,<=0.29.1", "open_clip_torch>=3.3,<4"]
 DATA = ["tensorflow-cpu>=2.20,<2.22", "tensorflow-datasets>=4.9.9,<5"]

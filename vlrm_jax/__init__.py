@@ -13,7 +13,7 @@ _LAZY = {
 
 # Subpackages reachable as attributes after a bare `import vlrm_jax` (`vlrm_jax.sharding.make_mesh()`),
 # imported on first use like the classes above.
-_SUBMODULES = ("aot", "api", "caption", "clip_api", "data", "distributed", "eval", "evaluate", "generate",
+_SUBMODULES = ("aot", "api", "caption", "clip_api", "data", "distributed", "eval", "evaluate", "figure", "generate",
                "loading", "metrics", "models", "rewards", "rl", "sharding", "training", "world")
 
 

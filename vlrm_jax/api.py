@@ -102,6 +102,14 @@ def _itc_similarity(model, pixel_values, input_ids, attention_mask):
     return model.itc_similarity(model.vision_model(pixel_values), input_ids, attention_mask)
 
 
+def _itc_image_features(model, pixel_values):
+    return model.image_features(model.vision_model(pixel_values)).astype(jnp.float32)
+
+
+def _itc_text_features(model, input_ids, attention_mask):
+    return model.text_features(input_ids, attention_mask).astype(jnp.float32)
+
+
 class ItmScorer(JittedModule):
     """BLIP2-ITM: the reward's `sim` term is `logits(...)[:, 1]`, the match logit before softmax.
 
@@ -133,3 +141,13 @@ class ItmScorer(JittedModule):
     def itc_similarity(self, pixel_values, input_ids, attention_mask=None) -> np.ndarray:
         """(B_images, B_texts) contrastive cosine similarities (max over query outputs)."""
         return np.asarray(self._run(_itc_similarity, *self._inputs(pixel_values, input_ids, attention_mask)))
+
+    # The two sides of itc_similarity apart, so N images and T texts cost N + T passes, not N x T
+    # (retrieval: vlrm_jax.eval.retrievers).
+    def itc_image_features(self, pixel_values) -> np.ndarray:
+        """(B, Q, D) normalised projected query outputs: an image's Q contrastive embeddings."""
+        return np.asarray(self._run(_itc_image_features, jnp.asarray(pixel_values, jnp.float32)))
+
+    def itc_text_features(self, input_ids, attention_mask=None) -> np.ndarray:
+        """(B, D) normalised projected [CLS] outputs of the text-only Q-Former."""
+        return np.asarray(self._run(_itc_text_features, *ids_and_mask(input_ids, attention_mask)))

@@ -21,9 +21,16 @@ def _coco_example(k: int) -> dict:
         "image/id": 1000 + k,
         "captions": {"id": np.arange(5) + 10 * k,
                      "text": np.array([f"caption {j} of image {1000 + k}" for j in range(5)])},
-        "objects": {"area": np.array([4]), "bbox": np.array([[0.1, 0.2, 0.5, 0.6]], np.float32),
-                    "id": np.array([k]), "is_crowd": np.array([False]), "label": np.array([k % 80])},
+        "objects": _objects(k),
     }
+
+
+def _objects(k: int) -> dict:
+    """One or two annotated objects: labels k % 80 and, for odd k, (k + 17) % 80."""
+    labels = [k % 80] + ([(k + 17) % 80] if k % 2 else [])
+    n = len(labels)
+    return {"area": np.full(n, 4), "bbox": np.tile(np.array([[0.1, 0.2, 0.5, 0.6]], np.float32), (n, 1)),
+            "id": np.arange(n) + 10 * k, "is_crowd": np.zeros(n, bool), "label": np.array(labels)}
 
 
 def _as_arrays(encoded):

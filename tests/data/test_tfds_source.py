@@ -28,6 +28,13 @@ def test_images_keys_and_captions(mock_coco):
         assert r.image.shape == want.shape
         assert np.abs(r.image.astype(int) - want).mean() < 4
         assert r.extras["captions"] == [f"caption {j} of image {1000 + k}" for j in range(5)]
+    # the annotated objects by class name (the mock, as coco_captions, declares 80 unnamed labels:
+    # COCO's names in label order stand in, as a prepared copy stores them)
+    assert records[0].extras["objects"] == ["person"]
+    assert records[1].extras["objects"] == ["bicycle", "sheep"]  # labels 1 and 18
+    assert records[10].extras["objects"] == ["fire hydrant"]
+    without = _source(shuffle=False, object_field=None)
+    assert "objects" not in next(iter(without.records())).extras
 
 
 def test_hosts_resume_and_padded_batches(mock_coco):

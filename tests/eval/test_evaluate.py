@@ -12,7 +12,7 @@ from tests.helpers import run_module
 def _args(models, out, **kw):
     base = dict(model=str(models / "cap"), clip=str(models / "clip"), dataset="tfds:coco_captions/test", data_dir=None,
                 captions=None, out=str(out), batch_size=4, limit=None, center_crop=True, min_size=1, dtype=None,
-                quiet=True)
+                quiet=True, verbose=False, compare=None, retriever=None, clipscore_prefix=None)
     base.update(kw)
     return argparse.Namespace(**base)
 
@@ -30,7 +30,8 @@ def test_evaluate_on_mocked_coco_captions(models, tmp_path, mock_coco):
 
     # the same captions read back from the file give the same numbers (no captioner needed)
     again = run(_args(models, tmp_path / "again", model=None, captions=str(tmp_path / "captions.jsonl")))
-    assert again["model"] == rows["model"]
+    # (but whether a caption stopped at the length limit is known only where it was generated)
+    assert again["model"] == {k: v for k, v in rows["model"].items() if k != "at_length_limit"}
 
 
 def test_evaluate_cli_on_a_folder_with_reference_captions(models, tmp_path):
@@ -50,4 +51,76 @@ def test_evaluate_cli_on_a_folder_with_reference_captions(models, tmp_path):
 
 def test_evaluate_needs_a_captioner_or_captions(models, tmp_path):
     proc = run_module("vlrm_jax.evaluate", "--clip", str(models / "clip"), "--dataset", str(tmp_path), check=False)
-    assert proc.returncode == 2 and "--model or --captions" in proc.stderr
+    assert proc.returncode == 2 and "one of --model, --captions or --compare" in proc.stderr
+
+
+COCO_METRICS = {"R@1", "R@5", "R@10", "MRR", "mean_rank", "retriever_R@1", "retriever_R@5", "retriever_R@10",
+                "retriever_MRR", "clipscore", "refclipscore", "bleu4", "meteor", "rouge_l", "cider", "chair_s",
+                "chair_i", "coverage", "length", "vocabulary", "distinct_1", "distinct_2", "repeated_content_word",
+                "at_length_limit", "bad_phrase"}
+
+
+def test_every_metric_on_mocked_coco_with_a_second_retriever(models, tmp_path, mock_coco):
+    """One command: the paper's recall, the ITC retriever's, CLIPScore, pycocoevalcap's metrics,
+    CHAIR on the annotated objects and the statistics, in the terminal, metrics.json and metrics.md."""
+    from vlrm_jax.eval.reference_metrics import reference_scores
+    from vlrm_jax.evaluate import main
+
+    out = tmp_path / "out"
+    assert main(["--model", str(models / "cap"), "--clip", str(models / "clip"), "--retriever", str(models / "itm"),
+                 "--dataset", "tfds:coco_captions/test", "--out", str(out), "--batch-size", "4", "--quiet"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    model, ref = metrics["rows"]["model"], metrics["rows"]["REF"]
+    assert set(model) == COCO_METRICS
+    # REF: the references scored where that means something (no reference metrics of themselves)
+    assert {"R@1", "retriever_R@1", "clipscore", "chair_i", "length"} <= set(ref)
+    assert not {"bleu4", "cider", "refclipscore", "at_length_limit"} & set(ref)
+    assert metrics["retriever"] == {"folder": str(models / "itm"), "kind": "blip2_itm"}
+    # the reference metrics are pycocoevalcap's on the captions written beside them
+    captions = [json.loads(line)["caption"] for line in (out / "captions.jsonl").read_text().splitlines()]
+    refs = [[f"caption {j} of image {1000 + k}" for j in range(5)] for k in range(11)]
+    again = reference_scores(captions, refs).scores
+    assert {k: model[k] for k in again} == again
+    table = (out / "metrics.md").read_text()
+    for name in COCO_METRICS:
+        assert f"| {name} |" in table
+
+
+def test_compare_writes_one_table_and_the_figure(models, tmp_path, mock_coco):
+    from vlrm_jax.evaluate import main
+
+    first = tmp_path / "first"
+    assert main(["--model", str(models / "cap"), "--clip", str(models / "clip"), "--dataset", "tfds:coco_captions/test",
+                 "--out", str(first), "--quiet"]) == 0
+    lines = (first / "captions.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in lines]
+    rows[0]["caption"] = "a person riding a bicycle next to a dog"  # image 0 holds a person only
+    (tmp_path / "edited.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "cmp"
+    assert main(["--compare", str(models / "cap"), str(tmp_path / "edited.jsonl"), "--clip", str(models / "clip"),
+                 "--dataset", "tfds:coco_captions/test", "--out", str(out), "--quiet"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert list(metrics["rows"]) == ["REF", "cap", "edited"]
+    cap, edited = metrics["rows"]["cap"], metrics["rows"]["edited"]
+    base = json.loads((first / "metrics.json").read_text())["rows"]["model"]
+    assert cap == base  # the same model scored alone or beside others
+    assert "at_length_limit" not in edited  # unknown for a captions file, and said so
+    assert any("at_length_limit" in note for note in metrics["notes"])
+    # the tiny model's words ("w12 w40 ...") name no COCO object: CHAIR-i is undefined, not 0
+    assert cap["chair_s"] == 0.0 and cap["chair_i"] is None and cap["coverage"] == 0.0
+    # the edited caption names a person (there) and a bicycle and a dog (not there)
+    assert edited["chair_s"] == 1 / 11 and edited["chair_i"] == 2 / 3
+    assert edited["coverage"] == 1 / 16  # 1 of the 16 annotated objects (11 images, 5 with two)
+    assert (out / "compare.png").stat().st_size > 0 and (out / "captions" / "edited.jsonl").exists()
+
+
+def test_a_folder_without_annotations_says_what_it_cannot_score(models, tmp_path):
+    from vlrm_jax.world.shapes import generate_world, write_world
+
+    write_world(generate_world(seed=0, n_train=1, n_test=6, image_size=32), tmp_path / "world")
+    proc = run_module("vlrm_jax.evaluate", "--model", str(models / "cap"), "--clip", str(models / "clip"),
+                      "--dataset", str(tmp_path / "world" / "test"), "--out", str(tmp_path / "out"), "--quiet")
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert "cider" in metrics["rows"]["model"] and "chair_i" not in metrics["rows"]["model"]
+    assert "no object annotations: CHAIR not computed" in proc.stdout
+    assert "cider" in proc.stdout and "chair_i" not in proc.stdout

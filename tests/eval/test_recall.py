@@ -99,3 +99,19 @@ def test_quantised_embeddings_with_many_ties_match_loop():
 def test_bad_inputs_raise_clear_errors(bad, match):
     with pytest.raises(ValueError, match=match):
         clip_recall(**bad)
+
+
+def test_several_embeddings_per_image_rank_by_their_best_score():
+    """BLIP2's ITC: an image holds Q query embeddings and scores a text by the best of them."""
+    rng = np.random.default_rng(3)
+    text, images = rng.normal(size=(9, 8)), rng.normal(size=(6, 4, 8))
+    target = rng.integers(0, 6, size=9)
+    unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+    scores = np.einsum("td,iqd->tiq", unit(text), unit(images)).max(-1)
+    expected = np.array([(scores[t] >= scores[t, target[t]]).sum() for t in range(9)])
+    for chunk in (1, 4, 1024):  # the chunk shrinks by Q inside: every size must agree
+        assert retrieval_ranks(text, images, target, chunk_size=chunk).tolist() == expected.tolist()
+    with pytest.raises(ValueError, match=r"\(n, dim\) or \(n, Q, dim\)"):
+        retrieval_ranks(text, images[None], target)
+    with pytest.raises(ValueError, match=r"must be \(n, dim\)"):
+        retrieval_ranks(text[None], images, target)

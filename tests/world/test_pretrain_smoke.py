@@ -12,7 +12,7 @@ from vlrm_jax.world.pretrain import inputs, itm
 from vlrm_jax.world.tokenizers import build_tokenizers
 
 COLUMNS = {"R@1", "R@5", "R@10", "MRR", "mean_rank", "length", "objects", "colours", "positions", "absent", "correct",
-           "grammatical", "ref_logprob"}
+           "grammatical", "ref_logprob", "cider", "clipscore", "chair_s", "chair_i"}
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +33,11 @@ def test_demo_writes_results_rows_and_columns(first_run):
     rows = json.loads((workdir / "results.json").read_text())
     assert set(rows) == {"REF", "base", "VLRM", "VLRM-RS"}
     for row in rows.values():
-        assert set(row) == COLUMNS and all(np.isfinite(v) for v in row.values())
+        # None: CIDEr-D of the REF row (it would score itself), CHAIR-i of captions naming no object
+        assert set(row) == COLUMNS and all(v is None or np.isfinite(v) for v in row.values())
+        assert row["cider"] is not None or row is rows["REF"]
     assert rows["REF"]["absent"] == 0.0 and rows["REF"]["correct"] == 1.0  # the full captions are right
+    assert rows["REF"]["chair_s"] == 0.0 and rows["REF"]["chair_i"] == 0.0  # and name no absent pair
     assert rows["REF"]["objects"] > 0 and rows["REF"]["positions"] == rows["REF"]["objects"]
     assert (workdir / "examples.png").stat().st_size > 0
     assert (workdir / "plots" / "rl_training.png").stat().st_size > 0

@@ -47,6 +47,28 @@ def not_prepared_message(name: str, builder) -> str:
             f"or: tfds build {name} --data_dir {root}   (the tfds command needs apache_beam)")
 
 
+def _class_names(features, path: str) -> list[str] | None:
+    """The names of a class-label feature at `path` ("objects/label"), None where there is none."""
+    node = features
+    for part in path.split("/"):
+        try:
+            node = node[part]
+        except (KeyError, TypeError):
+            return None
+    names = list(getattr(node, "names", None) or [])
+    if names == [str(k) for k in range(len(names))] and len(names) == len(coco_classes()):
+        return coco_classes()  # coco_captions declares 80 classes; preparing it stores their names
+    return names or None
+
+
+def coco_classes() -> list[str]:
+    """The 80 COCO object classes in label order (vlrm_jax/assets/coco_classes.txt)."""
+    from importlib import resources
+
+    text = resources.files("vlrm_jax").joinpath("assets/coco_classes.txt").read_text()
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
 class TfdsSource(ImageSource):
     """Images of one TFDS split, with their texts.
 
@@ -58,12 +80,15 @@ class TfdsSource(ImageSource):
     text_field: a feature holding one text or a list of texts (nested with "/", e.g.
       "captions/text" for coco_captions); returned as `extras["captions"]`, a list of str, for
       the REF row of the recall table. None: no texts.
+    object_field: a class-label feature of the objects annotated in the image ("objects/label"
+      for coco_captions: COCO's 80 classes), returned as `extras["objects"]`, a list of class
+      names (CHAIR in the evaluation). Skipped when the dataset has no such feature.
     Other arguments: as for `ImageSource`.
     """
 
     def __init__(self, name: str, split: str = "test", *, data_dir: str | None = None,
                  image_key: str = "image", key_field: str | None = "image/id",
-                 text_field: str | None = "captions/text", **kwargs):
+                 text_field: str | None = "captions/text", object_field: str | None = "objects/label", **kwargs):
         super().__init__(name=f"tfds:{name}/{split}", **kwargs)
         import tensorflow as tf  # see the module docstring
         import tensorflow_datasets as tfds
@@ -88,6 +113,8 @@ class TfdsSource(ImageSource):
         self._keys: list[str] = []
         self._bytes: list[bytes] = []
         self._texts: list[list[str]] = []
+        self._objects: list[list[str]] = []
+        names = _class_names(features, object_field) if object_field else None
         n = 0
         for position, ex in enumerate(tfds.as_numpy(ds)):
             n += 1
@@ -99,10 +126,13 @@ class TfdsSource(ImageSource):
                 texts = _get(ex, text_field)
                 texts = [texts] if np.ndim(texts) == 0 else list(texts)
                 self._texts.append([_text(t) for t in texts])
+            if names is not None:
+                self._objects.append([names[int(k)] for k in np.ravel(_get(ex, object_field))])
         if n == 0:
             raise ValueError(f"TFDS {name!r} split {split!r} is empty")
         self._n = n
         self._with_texts = text_field is not None
+        self._with_objects = names is not None
 
     # Items are held per host: positions below index this host's list.
     def __len__(self) -> int:
@@ -118,4 +148,7 @@ class TfdsSource(ImageSource):
         return self._bytes[i]
 
     def extras(self, i: int) -> dict[str, Any]:
-        return {"captions": self._texts[i]} if self._with_texts else {}
+        out = {"captions": self._texts[i]} if self._with_texts else {}
+        if self._with_objects:
+            out["objects"] = self._objects[i]
+        return out

@@ -9,7 +9,7 @@ image. Text-to-image retrieval of every caption among all images gives R@1/5/10,
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -27,6 +27,12 @@ class EvalSet:
     image_emb: np.ndarray  # (N, D) CLIP image embeddings
     captions: list[str]  # one model caption per image ("" when none)
     references: list[list[str]]  # reference captions per image (may be empty lists)
+    # the images' features under each further retriever (vlrm_jax.eval.retrievers), by its name
+    image_features: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    # the object classes annotated per image (COCO's objects), None where the source has none
+    objects: list[list[str]] | None = None
+    # per caption: stopped at the length limit without EOS; None where unknown (a captions file)
+    at_limit: list[bool] | None = None
 
 
 def _chunks(records: Iterable, size: int) -> Iterator[list]:
@@ -40,14 +46,17 @@ def _chunks(records: Iterable, size: int) -> Iterator[list]:
         yield chunk
 
 
-def _generate_captions(captioner, images, batch_size: int, generation: dict, center_crop: bool) -> list[str]:
+def _generate_captions(captioner, images, batch_size: int, generation: dict,
+                       center_crop: bool) -> tuple[list[str], list[bool]]:
+    """Captions and, per caption, whether it ran to the length limit without EOS."""
     from vlrm_jax.data.preprocess import Blip2Preprocessor
 
     pixels = Blip2Preprocessor(captioner.config.vision.image_size, center_crop=center_crop).batch(images)
     n = len(images)
     if n < batch_size:  # one compiled shape for every batch
         pixels = np.concatenate([pixels, np.repeat(pixels[-1:], batch_size - n, 0)])
-    return captioner.decode(captioner.generate(pixels, **generation))[:n]
+    rollout = captioner.rollout(pixels, **generation)
+    return captioner.decode(rollout.tokens)[:n], [not bool(f) for f in np.asarray(rollout.finished)[:n]]
 
 
 def _captions_of(keys: list[str], captions: dict[str, str], captions_name: str) -> list[str]:
@@ -61,17 +70,22 @@ def _captions_of(keys: list[str], captions: dict[str, str], captions_name: str) 
 
 def collect(source, clip, captioner=None, captions: dict[str, str] | None = None, *, batch_size: int = 32,
             generation: dict | None = None, center_crop: bool = CENTER_CROP, limit: int | None = None,
-            progress: bool = True, captions_name: str = "the captions file") -> EvalSet:
-    """One pass over `source.records()`: CLIP image embeddings, captions (generated unless given
-    by key) and reference captions. Unreadable images are skipped and counted by the source.
-    The progress bar counts the source's items (bad ones included) as their batch is done."""
+            progress: bool = True, captions_name: str = "the captions file",
+            retrievers: Sequence = (), features_of: EvalSet | None = None) -> EvalSet:
+    """One pass over `source.records()`: CLIP image embeddings (and each further retriever's image
+    features), captions (generated unless given by key), reference captions and annotated objects.
+    Unreadable images are skipped and counted by the source. The progress bar counts the source's
+    items (bad ones included) as their batch is done.
+
+    features_of: an earlier pass over the same source and limit whose image features are reused
+    (evaluating several models embeds the images once)."""
     from vlrm_jax.generate import GenerationConfig
 
     if captioner is None and captions is None:
         raise ValueError("need a captioner or a captions file")
     if generation is None:
         generation = dataclasses.asdict(GenerationConfig.paper_inference())
-    out = EvalSet([], [], [], [])
+    out = EvalSet([], [], [], [], {r.name: [] for r in retrievers}, [], [])
     total = min(source.host_len, limit) if limit else source.host_len
     with progress_bar(total, "evaluate", progress) as bar:
         for chunk in _chunks(source.records(), batch_size):
@@ -82,19 +96,31 @@ def collect(source, clip, captioner=None, captions: dict[str, str] | None = None
             images = [r.image for r in chunk]
             keys = [r.key for r in chunk]
             if captions is not None:
-                texts = _captions_of(keys, captions, captions_name)
+                texts, at_limit = _captions_of(keys, captions, captions_name), None
             else:
-                texts = _generate_captions(captioner, images, batch_size, generation, center_crop)
+                texts, at_limit = _generate_captions(captioner, images, batch_size, generation, center_crop)
             out.keys += keys
             out.captions += texts
+            out.at_limit = None if at_limit is None or out.at_limit is None else out.at_limit + at_limit
             out.references += [list(r.extras.get("captions") or []) for r in chunk]
-            out.image_emb.append(clip.encode_image(clip.pixel_values(images)))
+            objects = [r.extras.get("objects") for r in chunk]
+            out.objects = None if None in objects or out.objects is None else out.objects + objects
+            if features_of is None:
+                out.image_emb.append(clip.encode_image(clip.pixel_values(images)))
+                for r in retrievers:
+                    out.image_features[r.name].append(r.image_features(images))
             bar.update(min(epoch_position(chunk[-1].state, source.host_len), total) - bar.n)
         if bar.n < total:  # bad files at the end, or --limit reached
             bar.update(total - bar.n)
     if not out.keys:
         raise ValueError(f"{getattr(source, 'name', 'source')}: no readable images")
-    out.image_emb = np.concatenate(out.image_emb)
+    if features_of is not None:
+        if features_of.keys != out.keys:
+            raise ValueError("features_of is a pass over other images (another source or --limit)")
+        out.image_emb, out.image_features = features_of.image_emb, features_of.image_features
+    else:
+        out.image_emb = np.concatenate(out.image_emb)
+        out.image_features = {name: np.concatenate(f) for name, f in out.image_features.items()}
     return out
 
 
@@ -103,11 +129,11 @@ def embed_texts(clip, texts: list[str]) -> np.ndarray:
                            for i in range(0, len(texts), TEXT_BATCH)])
 
 
-def recall_table(clip, data: EvalSet, name: str = "model") -> dict[str, dict[str, float]]:
+def recall_table(clip, data: EvalSet, name: str = "model", include_ref: bool = True) -> dict[str, dict[str, float]]:
     """{"REF": ..., name: ...}: recall rows plus mean caption length in words."""
     rows = {}
     refs = [(i, t) for i, texts in enumerate(data.references) for t in texts]
-    if refs:
+    if refs and include_ref:
         idx = np.array([i for i, _ in refs])
         ref_texts = [t for _, t in refs]
         rows["REF"] = dict(clip_recall(embed_texts(clip, ref_texts), data.image_emb, text_to_image=idx),
@@ -117,10 +143,12 @@ def recall_table(clip, data: EvalSet, name: str = "model") -> dict[str, dict[str
     return rows
 
 
-def format_table(rows: dict[str, dict[str, float]]) -> str:
-    cols = list(next(iter(rows.values())).keys())
+def format_table(rows: dict[str, dict[str, float | None]]) -> str:
+    """Rows across, columns down the first row's order; a value a row lacks (or None) shows "-"."""
+    cols = list(dict.fromkeys(c for row in rows.values() for c in row))
     widths = [max(11, len(c) + 1) for c in cols]  # a long column name keeps a space before it
     lines = [f"{'':10s}" + "".join(f"{c:>{w}s}" for c, w in zip(cols, widths))]
     for name, row in rows.items():
-        lines.append(f"{name:10s}" + "".join(f"{row[c]:{w}.4f}" for c, w in zip(cols, widths)))
+        lines.append(f"{name:10s}" + "".join(f"{'-':>{w}s}" if row.get(c) is None else f"{row[c]:{w}.4f}"
+                                             for c, w in zip(cols, widths)))
     return "\n".join(lines)

@@ -185,6 +185,26 @@ def quality_columns(captions: list[str], scenes) -> dict[str, float]:
             "grammatical": float(np.mean([q.grammatical for q in quality]))}
 
 
+def caption_metric_columns(clip, data, scenes, references: list[list[str]] | None) -> dict[str, float | None]:
+    """The evaluation command's metrics that apply to the world: CIDEr-D against the full
+    descriptions (references None: the REF row, which would score itself), CLIPScore with the
+    world's CLIP (no prompt prefix: the CLIP knows only the world's language) and CHAIR with the
+    colour-shape pairs as the object classes (vlrm_jax.world.chair_words: on grammatical captions
+    its hallucinations are the parser's absent objects, repeats aside)."""
+    from vlrm_jax.eval.chair import chair
+    from vlrm_jax.eval.clip_eval import embed_texts
+    from vlrm_jax.eval.clip_score import clip_score_summary
+    from vlrm_jax.eval.reference_metrics import reference_scores
+    from vlrm_jax.world.chair_words import scene_objects, world_vocabulary
+
+    texts = data.captions if references is not None else [shapes.full_caption(s) for s in scenes]
+    found = chair(texts, [scene_objects(s) for s in scenes], world_vocabulary())
+    out = {"cider": reference_scores(texts, references).scores.get("cider") if references is not None else None,
+           "clipscore": clip_score_summary(embed_texts(clip, texts), data.image_emb)["clipscore"],
+           "chair_s": found["chair_s"], "chair_i": found["chair_i"]}
+    return {k: None if isinstance(v, float) and np.isnan(v) else v for k, v in out.items()}
+
+
 def reference_logprob(ref_lm, texts: list[str]) -> float:
     """Mean over captions of the mean token log-probability (EOS included) under the reference LM,
     the reward's `ref` term as the evaluation captions score."""
@@ -228,16 +248,18 @@ def evaluate(workdir, world: shapes.World, cfg, policies: dict[str, Path] | None
         if "REF" not in rows:
             full = [shapes.full_caption(s) for s in scenes]
             rows["REF"] = {**{c: recall["REF"][c] for c in RECALL_COLUMNS}, **quality_columns(full, scenes),
-                           "ref_logprob": reference_logprob(ref_lm, full)}
+                           "ref_logprob": reference_logprob(ref_lm, full),
+                           **caption_metric_columns(clip, data, scenes, None)}
         rows[name] = {**{c: recall[name][c] for c in RECALL_COLUMNS}, **quality_columns(data.captions, scenes),
-                      "ref_logprob": reference_logprob(ref_lm, data.captions)}
+                      "ref_logprob": reference_logprob(ref_lm, data.captions),
+                      **caption_metric_columns(clip, data, scenes, [[shapes.full_caption(s)] for s in scenes])}
         captions[name] = data.captions
     return rows, captions
 
 
 def save_examples(path: Path, split: shapes.Split, captions: dict[str, list[str]], n: int) -> None:
     """The first n test images with each row's caption under them, and the full description."""
-    from vlrm_jax.world.figure import saved_figure
+    from vlrm_jax.figure import saved_figure
 
     n = min(n, min(map(len, captions.values())))
     cols = min(4, n)

@@ -110,7 +110,7 @@ def training_curves(root: Path, smoke: bool) -> dict[str, list[dict]]:
 
 def plot_training(curves: dict[str, list[dict]], path: Path) -> None:
     """Reward parts, caption length and held-out R@1 over the training steps of both runs."""
-    from vlrm_jax.world.figure import saved_figure
+    from vlrm_jax.figure import saved_figure
 
     panels = [("reward/mean", "reward"), ("reward/sim", "ITM sim"), ("reward/ref", "ref log-prob"),
               ("caption/length", "sampled length (tokens)"), ("eval/R@1", "test R@1 (beam 5)")]

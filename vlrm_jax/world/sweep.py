@@ -115,7 +115,7 @@ def spread(rows: dict[str, dict], kinds: Sequence[str], seeds: Sequence[int]) ->
 def plot_seeds(rows: dict[str, dict], kinds: Sequence[str], seeds: Sequence[int], path: Path, title: str) -> None:
     """Left: objects stated correctly against the share naming something absent, one point per
     run, the base's point and the base's share + 0.02; right: R@1 per seed against the base's."""
-    from vlrm_jax.world.figure import saved_figure
+    from vlrm_jax.figure import saved_figure
 
     base = rows["base"]
     with saved_figure(path, 1, 2, figsize=(10, 4)) as (fig, (left, right)):

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vlrm_jax.world.figure import saved_figure
+from vlrm_jax.figure import saved_figure
 from vlrm_jax.world.pretrain.record import LOG_EVERY
 
 

@@ -1,4 +1,5 @@
-"""One headless matplotlib figure written to a PNG: the lines every plot of the world shares."""
+"""One headless matplotlib figure written to a PNG: the lines every plot shares (the evaluation's
+comparison, the shapes world's figures)."""
 from __future__ import annotations
 
 import contextlib

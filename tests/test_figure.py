@@ -1,8 +1,8 @@
-"""The world's shared figure helper: a PNG in a new folder on a clean exit, nothing on an error,
+"""The shared figure helper (vlrm_jax/figure.py): a PNG in a new folder on a clean exit, nothing on an error,
 and no figure left open either way."""
 import pytest
 
-from vlrm_jax.world.figure import saved_figure
+from vlrm_jax.figure import saved_figure
 
 
 def test_saved_figure_writes_the_png_and_closes(tmp_path):
