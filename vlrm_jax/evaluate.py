@@ -39,6 +39,7 @@ table. Warnings (e.g. skipped images) and a progress bar (`--quiet`: none) go to
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -122,14 +123,21 @@ def run(args) -> dict:
     from vlrm_jax import Captioner, ClipModel  # jax once the inputs are known to be usable
     from vlrm_jax.eval.retrievers import load_retriever
 
+    from vlrm_jax.data.decode import SkipCounter
+    from vlrm_jax.generate import GenerationConfig
+
     clip = ClipModel.load(args.clip)
     retrievers = [load_retriever(args.retriever)] if args.retriever else []
+    generation = dataclasses.asdict(GenerationConfig.paper_inference(no_repeat_ngram_size=args.no_repeat_ngram_size))
     rows, notes, first = {}, [], None
     for name, path in entries:
         captioner = None if name in captions else Captioner.load(path, dtype=args.dtype)
         data = collect(source, clip, captioner, captions.get(name), batch_size=args.batch_size,
-                       center_crop=args.center_crop, limit=args.limit, progress=not args.quiet,
-                       captions_name=path, retrievers=retrievers, features_of=first)
+                       generation=generation, center_crop=args.center_crop, limit=args.limit,
+                       progress=not args.quiet, captions_name=path, retrievers=retrievers, features_of=first)
+        if first is None:  # the images' skips, counted and warned about once however many models
+            skipped, skip_summary = source.skips.counts, source.skips.summary()
+            source.skips = SkipCounter(source.skips.name, examples_per_reason=0)
         got, said = report.score(clip, data, name, retriever=retrievers[0] if retrievers else None,
                                  clipscore_prefix=args.clipscore_prefix, include_ref=first is None,
                                  verbose=args.verbose)
@@ -139,7 +147,7 @@ def run(args) -> dict:
         os.makedirs(os.path.dirname(captions_path), exist_ok=True)
         write_captions(captions_path, ({"file": key, "caption": text} for key, text in zip(data.keys, data.captions)))
         first = first or data
-    meta = {"dataset": args.dataset, "images": len(first.keys), "skipped": source.skips.counts,
+    meta = {"dataset": args.dataset, "images": len(first.keys), "skipped": skipped,
             "models": dict(entries), "clip": args.clip}
     if retrievers:
         meta["retriever"] = {"folder": args.retriever, "kind": retrievers[0].kind}
@@ -153,7 +161,7 @@ def run(args) -> dict:
             wrote += ", compare.png"
         else:
             print("note: no compare.png: no row has CHAIR-i (no object annotations, or no object named)")
-    print(f"{len(first.keys)} images; {source.skips.summary()}; wrote {wrote}")
+    print(f"{len(first.keys)} images; {skip_summary}; wrote {wrote}")
     return rows
 
 
@@ -181,12 +189,17 @@ def main(argv=None) -> int:
                         "--no-center-crop: the whole frame, transformers' default)")
     p.add_argument("--min-size", type=int, default=MIN_SIDE, metavar="N",
                    help=f"skip images whose shorter side is under N pixels (default {MIN_SIDE}: every image that decodes)")
+    p.add_argument("--no-repeat-ngram-size", type=int, default=2, metavar="N",
+                   help="the beam search's ban on repeated word n-grams (default 2, the paper's; 0: none, as "
+                        "the shapes world's captions need)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"])
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--verbose", action="store_true", help="also the libraries' INFO logs (orbax, absl, jax, TFDS)")
     args = p.parse_args(argv)
     if sum(map(bool, (args.model, args.captions, args.compare))) != 1:
         p.error("give one of --model, --captions or --compare")
+    if args.no_repeat_ngram_size < 0:
+        p.error("--no-repeat-ngram-size must be >= 0")
     if args.min_size < 1:
         p.error("--min-size must be >= 1")
     configure_logging(args.verbose)

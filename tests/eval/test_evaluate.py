@@ -12,7 +12,8 @@ from tests.helpers import run_module
 def _args(models, out, **kw):
     base = dict(model=str(models / "cap"), clip=str(models / "clip"), dataset="tfds:coco_captions/test", data_dir=None,
                 captions=None, out=str(out), batch_size=4, limit=None, center_crop=True, min_size=1, dtype=None,
-                quiet=True, verbose=False, compare=None, retriever=None, clipscore_prefix=None)
+                quiet=True, verbose=False, compare=None, retriever=None, clipscore_prefix=None,
+                no_repeat_ngram_size=2)
     base.update(kw)
     return argparse.Namespace(**base)
 
@@ -86,7 +87,7 @@ def test_every_metric_on_mocked_coco_with_a_second_retriever(models, tmp_path, m
         assert f"| {name} |" in table
 
 
-def test_compare_writes_one_table_and_the_figure(models, tmp_path, mock_coco):
+def test_compare_writes_one_table_and_the_figure(models, tmp_path, mock_coco, capsys):
     from vlrm_jax.evaluate import main
 
     first = tmp_path / "first"
@@ -97,10 +98,13 @@ def test_compare_writes_one_table_and_the_figure(models, tmp_path, mock_coco):
     rows[0]["caption"] = "a person riding a bicycle next to a dog"  # image 0 holds a person only
     (tmp_path / "edited.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "cmp"
+    capsys.readouterr()
     assert main(["--compare", str(models / "cap"), str(tmp_path / "edited.jsonl"), "--clip", str(models / "clip"),
                  "--dataset", "tfds:coco_captions/test", "--out", str(out), "--quiet"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert list(metrics["rows"]) == ["REF", "cap", "edited"]
+    assert metrics["images"] == 11 and metrics["skipped"] == {}
+    assert "skipped 0 of 11 " in capsys.readouterr().out  # the images counted once, not once per model
     cap, edited = metrics["rows"]["cap"], metrics["rows"]["edited"]
     base = json.loads((first / "metrics.json").read_text())["rows"]["model"]
     assert cap == base  # the same model scored alone or beside others

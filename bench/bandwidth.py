@@ -1,0 +1,83 @@
+"""Memory-bandwidth bound of one decode step, and the machine description, for generate_vs_hf.py.
+
+A decode step of a small-batch OPT is bound by memory: it must read every weight of the language
+model and the KV cache at least once per token. `bound_ms_per_token` is that traffic divided by
+the measured copy bandwidth, the time a step could not beat even with all arithmetic free.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import time
+
+import numpy as np
+
+
+def copy_bandwidth(mb: int = 512, tries: int = 3) -> float:
+    """Host memory bandwidth in bytes/s: best of `tries` numpy copies of an `mb` MB float32 array,
+    counting the bytes read and written (2x the array)."""
+    src = np.ones(mb * 2**20 // 4, np.float32)
+    dst = np.empty_like(src)
+    best = float("inf")
+    for _ in range(tries):
+        t = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - t)
+    return 2 * src.nbytes / best
+
+
+def device_copy_bandwidth(mb: int = 512, tries: int = 3) -> float:
+    """The same measured on JAX's default device (used for the bound when that is a GPU)."""
+    import jax
+    import jax.numpy as jnp
+
+    x = jnp.ones(mb * 2**20 // 4, jnp.float32)
+    copy = jax.jit(lambda a: a + 0.0)
+    copy(x).block_until_ready()
+    best = float("inf")
+    for _ in range(tries):
+        t = time.perf_counter()
+        copy(x).block_until_ready()
+        best = min(best, time.perf_counter() - t)
+    return 2 * x.nbytes / best
+
+
+def param_bytes(module) -> int:
+    """Bytes of every parameter of an nnx module at its stored dtype (a tied lm_head counts once,
+    as it is one array)."""
+    import jax
+    from flax import nnx
+
+    return sum(int(x.nbytes) for x in jax.tree.leaves(nnx.state(module, nnx.Param)))
+
+
+def kv_bytes(rows: int, layers: int, hidden: int, prompt: int, new_tokens: int, itemsize: int) -> float:
+    """Keys and values a step reads at the caption's mean cache length: decode step j (1..N-1)
+    feeds new token j into a cache then holding prompt + j entries, on average prompt + N/2."""
+    return rows * layers * 2 * (prompt + new_tokens / 2) * hidden * itemsize
+
+
+def bound_ms_per_token(weight_bytes: int, cache_bytes: float, bandwidth: float) -> float:
+    return (weight_bytes + cache_bytes) / bandwidth * 1e3
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_info() -> dict:
+    import jax
+    import torch
+
+    return dict(cpu=cpu_model(), processor=platform.processor(), cores=os.cpu_count(),
+                jax_device=f"{jax.devices()[0].device_kind} ({jax.default_backend()})",
+                jax=jax.__version__, torch=torch.__version__, torch_threads=torch.get_num_threads(),
+                date=datetime.datetime.now().isoformat(timespec="seconds"))
