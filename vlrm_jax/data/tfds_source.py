@@ -63,10 +63,9 @@ def _class_names(features, path: str) -> list[str] | None:
 
 def coco_classes() -> list[str]:
     """The 80 COCO object classes in label order (vlrm_jax/assets/coco_classes.txt)."""
-    from importlib import resources
+    from vlrm_jax.rewards.penalties import read_word_list  # the one reader of the shipped lists
 
-    text = resources.files("vlrm_jax").joinpath("assets/coco_classes.txt").read_text()
-    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    return read_word_list(None, "coco_classes.txt")
 
 
 class TfdsSource(ImageSource):

@@ -124,9 +124,13 @@ def collect(source, clip, captioner=None, captions: dict[str, str] | None = None
     return out
 
 
+def in_text_batches(embed, texts: list[str]) -> np.ndarray:
+    """`embed` (a list of at most TEXT_BATCH texts -> (n, ...) array) over all texts, concatenated."""
+    return np.concatenate([embed(texts[i : i + TEXT_BATCH]) for i in range(0, len(texts), TEXT_BATCH)])
+
+
 def embed_texts(clip, texts: list[str]) -> np.ndarray:
-    return np.concatenate([clip.encode_text(clip.tokenize(texts[i : i + TEXT_BATCH]))
-                           for i in range(0, len(texts), TEXT_BATCH)])
+    return in_text_batches(lambda batch: clip.encode_text(clip.tokenize(batch)), texts)
 
 
 def recall_table(clip, data: EvalSet, name: str = "model", include_ref: bool = True) -> dict[str, dict[str, float]]:

@@ -121,10 +121,14 @@ def score(clip, data: EvalSet, name: str = "model", *, retriever=None, clipscore
     merge(_statistics(data, name, include_ref))
     if data.at_limit is None:
         notes.append("captions read from a file: at_length_limit (stopped without EOS) is unknown")
-    # undefined where there is nothing to count (CHAIR-i of captions naming no object): null, "-"
-    ordered = {row: {k: None if isinstance(values[k], float) and np.isnan(values[k]) else values[k]
-                     for k in METRICS if k in values} for row, values in rows.items()}
+    ordered = {row: nan_as_none({k: values[k] for k in METRICS if k in values}) for row, values in rows.items()}
     return {"REF": ordered.pop("REF"), **ordered} if "REF" in ordered else ordered, notes
+
+
+def nan_as_none(values: dict) -> dict:
+    """NaN -- undefined where there is nothing to count (CHAIR-i of captions naming no object) --
+    as None: null in metrics.json, "-" in the tables."""
+    return {k: None if isinstance(v, float) and np.isnan(v) else v for k, v in values.items()}
 
 
 def _cell(value) -> str:

@@ -16,12 +16,7 @@ import numpy as np
 
 from vlrm_jax.checkpoint import kinds
 from vlrm_jax.checkpoint import model_dir as md
-
-TEXT_BATCH = 256
-
-
-def _batched(fn, texts: list[str]) -> np.ndarray:
-    return np.concatenate([fn(texts[i : i + TEXT_BATCH]) for i in range(0, len(texts), TEXT_BATCH)])
+from vlrm_jax.eval.clip_eval import embed_texts, in_text_batches
 
 
 class ClipRetriever:
@@ -37,7 +32,7 @@ class ClipRetriever:
         return self.clip.encode_image(self.clip.pixel_values(images))
 
     def text_features(self, texts: list[str]) -> np.ndarray:
-        return _batched(lambda t: self.clip.encode_text(self.clip.tokenize(t)), list(texts))
+        return embed_texts(self.clip, list(texts))
 
 
 class ItcRetriever:
@@ -63,8 +58,8 @@ class ItcRetriever:
         from vlrm_jax.rewards.retokenize import itm_token_ids
 
         tokenizer = self.itm.tokenizer
-        return _batched(lambda t: self.itm.itc_text_features(*itm_token_ids(tokenizer, t, self.max_length)),
-                        list(texts))
+        return in_text_batches(lambda t: self.itm.itc_text_features(*itm_token_ids(tokenizer, t, self.max_length)),
+                               list(texts))
 
 
 def load_retriever(folder: str, dtype: str | None = None):

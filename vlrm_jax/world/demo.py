@@ -195,6 +195,7 @@ def caption_metric_columns(clip, data, scenes, references: list[list[str]] | Non
     from vlrm_jax.eval.clip_eval import embed_texts
     from vlrm_jax.eval.clip_score import clip_score_summary
     from vlrm_jax.eval.reference_metrics import reference_scores
+    from vlrm_jax.eval.report import nan_as_none
     from vlrm_jax.world.chair_words import scene_objects, world_vocabulary
 
     texts = data.captions if references is not None else [shapes.full_caption(s) for s in scenes]
@@ -202,7 +203,7 @@ def caption_metric_columns(clip, data, scenes, references: list[list[str]] | Non
     out = {"cider": reference_scores(texts, references).scores.get("cider") if references is not None else None,
            "clipscore": clip_score_summary(embed_texts(clip, texts), data.image_emb)["clipscore"],
            "chair_s": found["chair_s"], "chair_i": found["chair_i"]}
-    return {k: None if isinstance(v, float) and np.isnan(v) else v for k, v in out.items()}
+    return nan_as_none(out)
 
 
 def reference_logprob(ref_lm, texts: list[str]) -> float:
