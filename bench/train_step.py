@@ -51,7 +51,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from vlrm_jax.rl.step import SUPPORT_SLACK  # noqa: E402
+from vlrm_jax.rl.rollout_settings import SUPPORT_SLACK  # noqa: E402
 
 ITM_TEXT_LENGTH = 64
 

@@ -3,6 +3,7 @@ import argparse
 import json
 
 import numpy as np
+import pytest
 
 from tests.helpers import run_module
 
@@ -87,6 +88,7 @@ def test_every_metric_on_mocked_coco_with_a_second_retriever(models, tmp_path, m
         assert f"| {name} |" in table
 
 
+@pytest.mark.slow  # captions two models' images and runs pycocoevalcap's JVMs twice
 def test_compare_writes_one_table_and_the_figure(models, tmp_path, mock_coco, capsys):
     from vlrm_jax.evaluate import main
 

@@ -71,10 +71,10 @@ def test_whole_reward_jitted_and_sharded_equals_single_device(tiny_world_models)
     itm_def, itm_state = nnx.split(itm)
     ref_def, ref_state = nnx.split(ref)
     one_mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-    r1, stats1, parts1 = jax.jit(run, static_argnums=4)(itm_state, ref_state, tokens, pixels, one_mesh)
+    r1, stats1, parts1, _ = jax.jit(run, static_argnums=4)(itm_state, ref_state, tokens, pixels, one_mesh)
 
     mesh = sharding.make_mesh((8,), ("data",))
-    r8, stats8, parts8 = jax.jit(run, static_argnums=4)(itm_state, ref_state, sharding.shard_batch(tokens, mesh),
+    r8, stats8, parts8, _ = jax.jit(run, static_argnums=4)(itm_state, ref_state, sharding.shard_batch(tokens, mesh),
                                                         sharding.shard_batch(pixels, mesh), mesh)
     np.testing.assert_allclose(np.asarray(r8), np.asarray(r1), atol=1e-5)
     for k in parts1:
@@ -124,10 +124,10 @@ def test_rs_reward_with_clip_sharded_equals_single_device(tiny_world_models):
 
     one_mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
     step = jax.jit(run, static_argnums=5)
-    r1, _, p1 = step(defs["itm"][1], defs["clip"][1], tokens, pixels, clip_pixels, one_mesh)
+    r1, _, p1, _ = step(defs["itm"][1], defs["clip"][1], tokens, pixels, clip_pixels, one_mesh)
     mesh = sharding.make_mesh((8,), ("data",))
     put = lambda x: sharding.shard_batch(x, mesh)  # noqa: E731
-    r8, _, p8 = step(defs["itm"][1], defs["clip"][1], put(tokens), put(pixels), put(clip_pixels), mesh)
+    r8, _, p8, _ = step(defs["itm"][1], defs["clip"][1], put(tokens), put(pixels), put(clip_pixels), mesh)
     np.testing.assert_allclose(np.asarray(r8), np.asarray(r1), atol=1e-5)
     np.testing.assert_allclose(np.asarray(p8["phi"]), np.asarray(p1["phi"]), atol=1e-5)
 

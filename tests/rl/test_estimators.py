@@ -35,8 +35,9 @@ def _numpy_advantages(name, returns, eps=1e-8):
         if name == "rloo":
             base = np.array([(group.sum() - r) / (GROUP - 1) for r in group])
             out[rows] = returns[rows] - base[:, None]
-        elif name == "grpo":
-            out[rows] = (returns[rows] - group.mean()) / (group.std(ddof=1) + eps)
+        elif name == "grpo":  # a group without spread: no signal, on any token
+            std = group.std(ddof=1)
+            out[rows] = (returns[rows] - group.mean()) / (std + eps) if std > 0 else 0.0
         elif name == "drgrpo":
             out[rows] = returns[rows] - group.mean()
     return out
@@ -51,6 +52,17 @@ def test_grouped_advantages_equal_numpy(name):
     np.testing.assert_allclose(np.asarray(got), _numpy_advantages(name, returns), rtol=1e-5, atol=1e-6)
     if name != "rloo":  # an all-equal group gives no signal, not a division by zero
         np.testing.assert_array_equal(np.asarray(got)[8:12, 0], 0.0)
+    if name == "grpo":  # nor on its later tokens, whose returns differ by the penalties to go
+        np.testing.assert_array_equal(np.asarray(got)[8:12], 0.0)
+
+
+def test_grpo_takes_equal_rewards_as_equal_whatever_their_rounding():
+    """Three equal rewards whose float32 mean is not exact (it rounds to a neighbour): no
+    advantage of order 1 from dividing rounding by rounding (it was -0.72 on every token)."""
+    whole = jnp.full((6,), 0.64042264, jnp.float32).at[3:].set(-0.5356694)
+    offset, scale = estimators.ESTIMATORS["grpo"].baseline(whole, 3, None, 1e-8)
+    assert np.all(np.isinf(np.asarray(scale)))
+    np.testing.assert_array_equal(np.asarray(estimators.advantages(whole[:, None], offset=offset, scale=scale)), 0.0)
 
 
 def test_a2c_and_scst_subtract_the_value_and_the_greedy_reward():

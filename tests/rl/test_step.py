@@ -14,7 +14,8 @@ from tests.rl.tiny_steps import EOS, ROLLOUT, snapshot, value_net, vlrm_step
 from tests.stacks import tiny_captioner, tiny_itm, tiny_pixels
 from vlrm_jax.rl.config import A2CConfig
 from vlrm_jax.rl.scoring import TokenCountScorer
-from vlrm_jax.rl.step import A2CStep, device_bytes
+from vlrm_jax.rl.placement import device_bytes
+from vlrm_jax.rl.step import A2CStep
 
 @pytest.fixture(scope="module")
 def count_setup():

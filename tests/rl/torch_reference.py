@@ -121,10 +121,47 @@ def token_logprob(logits, tokens, prob: str, temperature: float, top_k: int):
     return torch.gather(logp, 2, tokens[..., None])[..., 0]
 
 
+def token_entropy(logits, prob: str, temperature: float, top_k: int):
+    """Entropy of the distribution p_k is taken under, per position."""
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper
+
+    b, t, v = logits.shape
+    flat = logits.reshape(b * t, v)
+    if prob != "raw":
+        flat = TemperatureLogitsWarper(temperature)(None, flat)
+    if prob == "sampled":
+        flat = TopKLogitsWarper(top_k)(None, flat)
+    logp = torch.log_softmax(flat, dim=-1)
+    p = logp.exp()
+    return -(p * torch.where(p > 0, logp, torch.zeros_like(logp))).sum(-1).reshape(b, t)
+
+
+def ppo_policy_terms(logp, old_logp, m_k, *, objective: str, clip_eps: float):
+    """Schulman et al. 2017, eq. 7: min(r A, clip(r, 1 - eps, 1 + eps) A) per token, r = p / p_old,
+    scaled by p_old for the paper's probability objective (then unclipped it is p A)."""
+    old = torch.tensor(np.asarray(old_logp), dtype=torch.float32)
+    ratio = torch.exp(logp - old)
+    surrogate = torch.minimum(ratio * m_k, torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps) * m_k)
+    return old.exp() * surrogate if objective == "prob" else surrogate
+
+
+def kl_terms(logp, ref_logp, estimator: str):
+    """Schulman, "Approximating KL divergence" (2020): k1 = log(p / p_ref), k3 = (r - 1) - log r
+    with r = p_ref / p, on tokens sampled from p."""
+    ref = torch.tensor(np.asarray(ref_logp), dtype=torch.float32)
+    if estimator == "k1":
+        return logp - ref
+    r = torch.exp(ref - logp)
+    return (r - 1) - torch.log(r)
+
+
 def a2c_losses(hf, trunk, head, pixels, tokens, mask, returns, *, prob: str, objective: str, temperature: float,
-               top_k: int, eps: float):
+               top_k: int, eps: float, old_logp=None, clip_eps: float = 0.0, old_values=None, value_clip: float = 0.0,
+               ref_logp=None, kl_coef: float = 0.0, kl_estimator: str = "k3", entropy_coef: float = 0.0):
     """(L_p, L_v) of one rollout batch; backward() fills the gradients of the policy's query
-    tokens / Q-Former / projection and of the value's LoRA / head."""
+    tokens / Q-Former / projection and of the value's LoRA / head. old_logp: PPO's clipped
+    objective against it; old_values: PPO's clipped value loss; ref_logp: a KL term to it;
+    entropy_coef: an entropy bonus."""
     q = hf.config.num_query_tokens
     b = tokens.shape[0]
     tokens_t = torch.tensor(np.asarray(tokens), dtype=torch.long)
@@ -150,11 +187,26 @@ def a2c_losses(hf, trunk, head, pixels, tokens, mask, returns, *, prob: str, obj
     values = head(hidden, attention)[:, q:]
 
     n = mask_t.sum()
-    value_loss = ((returns_t - values) ** 2 * mask_t).sum() / n
+    value_terms = (returns_t - values) ** 2
+    if old_values is not None:
+        old_v = torch.tensor(np.asarray(old_values), dtype=torch.float32)
+        clipped_v = old_v + torch.clamp(values - old_v, -value_clip, value_clip)
+        value_terms = torch.maximum(value_terms, (returns_t - clipped_v) ** 2)
+    value_loss = (value_terms * mask_t).sum() / n
     adv = returns_t - values.detach()
     mean = (adv * mask_t).sum() / n
     std = torch.sqrt((((adv - mean) ** 2) * mask_t).sum() / n)
     m_k = (adv - mean) / (std + eps)
-    weight = logp.exp() if objective == "prob" else logp
-    policy_loss = -(weight * m_k * mask_t).sum() / n
+    # past EOS the pad token may lie outside the top-k (log p = -inf): those terms are masked
+    logp = torch.where(mask_t > 0, logp, torch.zeros_like(logp))
+    if old_logp is not None:
+        objective_terms = ppo_policy_terms(logp, old_logp, m_k, objective=objective, clip_eps=clip_eps)
+    else:
+        objective_terms = (logp.exp() if objective == "prob" else logp) * m_k
+    policy_terms = -objective_terms
+    if ref_logp is not None:
+        policy_terms = policy_terms + kl_coef * kl_terms(logp, ref_logp, kl_estimator)
+    if entropy_coef:
+        policy_terms = policy_terms - entropy_coef * token_entropy(logits.float(), prob, temperature, top_k)
+    policy_loss = (policy_terms * mask_t).sum() / n
     return policy_loss, value_loss

@@ -70,3 +70,18 @@ def compute_returns(
         "length": jnp.mean(jnp.sum(valid, axis=-1)),
     }
     return returns, stats
+
+
+def term_returns(per_caption: dict, per_token: dict, weights: dict, mask) -> dict[str, tuple[float, jax.Array]]:
+    """Each reward term's own per-token return, unweighted, with its signed weight: {name: (w,
+    R^name (B, T))} with R = sum_name w * R^name. A caption term (B,) reaches every token; a token
+    term (B, T) reaches its token and every token before it. Terms of weight 0 are left out."""
+    valid = mask.astype(jnp.float32)
+    out = {}
+    for name, x in per_caption.items():
+        if weights[name] != 0.0:
+            out[name] = (weights[name], jnp.asarray(x, jnp.float32)[:, None] * valid)
+    for name, x in per_token.items():
+        if weights[name] != 0.0:
+            out[name] = (weights[name], suffix_sum(x.astype(jnp.float32) * valid) * valid)
+    return out

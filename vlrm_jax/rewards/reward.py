@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 import jax.numpy as jnp
 
 from vlrm_jax.rewards.retokenize import Retokenizer, retokenize_sharded
-from vlrm_jax.rewards.returns import RewardWeights, compute_returns
+from vlrm_jax.rewards.returns import RewardWeights, compute_returns, term_returns
 from vlrm_jax.rewards.similarity import itm_match_logit, reference_logprob, retrieval_specificity
 
 
@@ -45,11 +45,14 @@ class RewardModels:
 class RewardOutput(NamedTuple):
     """What `vlrm_reward` gives: returns R (B, T) float32 (zero outside the caption mask), batch
     means for logging (`stats`: sim, ref, noeos, bad, repeat, return, length, itm, phi_std) and
-    the inputs of R per caption / token (`parts`: mask, sim, phi, ref, bad, repeat, noeos)."""
+    the inputs of R per caption / token (`parts`: mask, sim, phi, ref, bad, repeat, noeos), and
+    each term's own return with its signed weight (`components`, `term_returns`; None: R is one
+    term), which per-component normalisation standardises before the weighted sum."""
 
     returns: Any
     stats: dict
     parts: dict
+    components: dict | None = None
 
 
 def vlrm_reward(
@@ -83,4 +86,8 @@ def vlrm_reward(
     returns, stats = compute_returns(sim + cfg.rs_weight * phi, ref, host["bad"], host["repeat"], host["noeos"], mask, cfg.weights)
     stats = dict(stats, itm=jnp.mean(sim), phi_std=jnp.std(phi))
     parts = dict(mask=mask, sim=sim, phi=phi, ref=ref, bad=host["bad"], repeat=host["repeat"], noeos=host["noeos"])
-    return RewardOutput(returns, stats, parts)
+    w = cfg.weights
+    components = term_returns(
+        dict(itm=sim, phi=phi, ref=ref, noeos=host["noeos"]), dict(bad=host["bad"], repeat=host["repeat"]),
+        dict(itm=w.sim, phi=w.sim * cfg.rs_weight, ref=w.ref, noeos=-w.noeos, bad=-w.bad, repeat=-w.repeat), mask)
+    return RewardOutput(returns, stats, parts, components)

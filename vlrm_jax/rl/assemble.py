@@ -47,7 +47,8 @@ def make_step(cfg, parts: dict, models: Models, scorer, devices):
     """The A2CStep of a validated config (`run.validate`'s parts) on `devices` (the first
     data x fsdp x tensor of them; one device and concrete models: no mesh)."""
     from vlrm_jax.models.value import ValueNetwork
-    from vlrm_jax.rl.step import A2CStep, is_abstract
+    from vlrm_jax.rl.placement import is_abstract
+    from vlrm_jax.rl.step import A2CStep
 
     abstract = is_abstract(models.captioner)
     text_cfg = models.captioner.cfg.text

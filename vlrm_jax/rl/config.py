@@ -18,6 +18,8 @@ CLIP_MODES = ("joint", "per_network")
 # gradients over the micro-batches first), or where XLA puts it by itself, inside every micro-batch
 # (and inside the layer loop, for gradients that arise per layer).
 GRAD_REDUCES = ("step", "micro_batch")
+KL_ESTIMATORS = ("k1", "k3")
+KL_PLACES = ("loss", "reward")
 
 # Path regexes (parameter paths joined by "/") of what each network trains. The policy: the
 # captioner's parts the paper trains (query tokens, Q-Former, language projection).
@@ -46,10 +48,32 @@ class A2CConfig:
     clip_norm: float = 1.0
     clip_mode: str = "joint"
     advantage_eps: float = 1e-8  # M = (A - mean) / (std + eps)
+    # the eps of grpo's group std and of per-component normalisation, TRL's: spreads of a few
+    # captions can cancel to rounding, which 1e-8 would blow up into advantages of 1e5
+    group_eps: float = 1e-4
     group_size: int = 4  # captions per image for the grouped estimators (rloo, grpo, drgrpo)
     logit_chunk: int = 16  # caption positions per chunk of the vocabulary projection
     remat: bool = True  # recompute each OPT layer in the backward passes
     grad_reduce: str = "step"
+    # Each reward term standardised over the image's group (grouped estimators) or the batch
+    # before the weighted sum (estimators.normalise_components).
+    component_norm: bool = False
+    # PPO-style reuse of a rollout: `epochs` passes over it in `minibatches` shuffled minibatches,
+    # one optimizer step each. clip_eps > 0 clips the ratio p_k / p_old_k (p_old under the same
+    # distribution as p_k, from a forward pass before the first minibatch); value_clip > 0 keeps
+    # V within value_clip of the rollout's V in the value loss, as PPO does.
+    epochs: int = 1
+    minibatches: int = 1
+    clip_eps: float = 0.0
+    value_clip: float = 0.0
+    # KL to the initial policy (its trainable parts as of step 0, kept in the training state):
+    # k1 = log p - log p_ref or k3 = r - log r - 1 with r = p_ref / p, per token, weighted by
+    # kl_coef, added to the policy loss ("loss", as GRPO) or taken off the return ("reward", as
+    # PPO for RLHF). entropy_coef rewards the entropy of the distribution p_k is taken under.
+    kl_coef: float = 0.0
+    kl_estimator: str = "k3"
+    kl_in: str = "loss"
+    entropy_coef: float = 0.0
     policy_trainable: tuple[str, ...] = POLICY_TRAINABLE
     value_trainable: tuple[str, ...] = VALUE_TRAINABLE
 
@@ -63,13 +87,20 @@ class A2CConfig:
         check("objective", OBJECTIVES)
         check("clip_mode", CLIP_MODES)
         check("grad_reduce", GRAD_REDUCES)
-        for name in ("micro_batches", "logit_chunk"):
+        check("kl_estimator", KL_ESTIMATORS)
+        check("kl_in", KL_PLACES)
+        for name in ("micro_batches", "logit_chunk", "epochs", "minibatches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"a2c {name}={getattr(self, name)}: must be >= 1")
         if self.warmup_steps < 0:
             raise ValueError(f"a2c warmup_steps={self.warmup_steps}: must be >= 0")
         if self.learning_rate <= 0 or self.clip_norm <= 0:
             raise ValueError("a2c learning_rate and clip_norm must be > 0")
+        for name in ("clip_eps", "value_clip", "kl_coef", "entropy_coef"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"a2c {name}={getattr(self, name)}: must be >= 0")
+        if self.value_clip and not self.uses_value:
+            raise ValueError(f"a2c value_clip={self.value_clip}: {self.estimator} trains no value network")
         if self.kind.grouped and self.group_size < 2:
             raise ValueError(f"a2c group_size={self.group_size}: {self.estimator} compares the captions of an "
                              "image, so it needs >= 2")
@@ -82,6 +113,16 @@ class A2CConfig:
     @property
     def uses_value(self) -> bool:
         return self.kind.uses_value
+
+    @property
+    def reuses_rollout(self) -> bool:
+        """Whether the update runs the PPO path (a forward pass for p_old, minibatches, clipping);
+        epochs=1, minibatches=1 and no clipping is the paper's single update."""
+        return self.epochs > 1 or self.minibatches > 1 or self.clip_eps > 0 or self.value_clip > 0
+
+    @property
+    def keeps_initial_policy(self) -> bool:
+        return self.kl_coef > 0
 
     @property
     def samples_per_image(self) -> int:

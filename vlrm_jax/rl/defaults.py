@@ -49,8 +49,13 @@ def base_config() -> ConfigDict:
     # and the devices' sums meet once per step; "micro_batch": in every micro-batch (docs/scaling.md)
     # estimator: a2c, scst, rloo, grpo, drgrpo (vlrm_jax/rl/estimators.py); group_size: captions per
     # image for the grouped ones (rloo, grpo, drgrpo), which then roll out batch_size x group_size
+    # component_norm: standardise each reward term before the weighted sum; epochs / minibatches /
+    # clip_eps / value_clip: PPO's reuse of a rollout; kl_coef / kl_estimator (k1, k3) / kl_in (loss,
+    # reward): KL to the initial policy; entropy_coef: an entropy bonus (all off: the paper's update)
     c.a2c = ConfigDict(dict(estimator="a2c", group_size=4, prob="sampled", objective="prob", micro_batches=64,
-                            learning_rate=1e-5, warmup_steps=20, clip_norm=1.0, clip_mode="joint", grad_reduce="step"))
+                            learning_rate=1e-5, warmup_steps=20, clip_norm=1.0, clip_mode="joint", grad_reduce="step",
+                            component_norm=False, epochs=1, minibatches=1, clip_eps=0.0, value_clip=0.0,
+                            kl_coef=0.0, kl_estimator="k3", kl_in="loss", entropy_coef=0.0))
     c.value = ConfigDict(dict(lora_rank=16, lora_alpha=32.0, head="transformer", head_layers=3, head_mlp_ratio=6))
     # a folder, tar shards ("shards/*.tar") or "tfds:NAME/SPLIT"; min_side: smaller images are skipped
     c.data = ConfigDict(dict(source="", workers=16, min_side=32))

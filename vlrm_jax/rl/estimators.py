@@ -21,7 +21,18 @@ sum over valid tokens divided by the batch's token count, one constant per batch
 weighted by its own length (the bias Dr. GRPO removes from GRPO's per-caption mean).
 
 The group std is the sample std (ddof 1), as TRL's GRPO trainer computes it; a group whose
-captions all got the same reward has advantage 0 in grpo and drgrpo.
+captions all got the same reward has advantage 0 in grpo and drgrpo (for grpo the rounding of
+equal values' mean is not divided into an advantage of order 1: see SPREAD_FLOOR).
+
+Per-component normalisation (`a2c.component_norm`, any estimator): the reward's terms differ in
+spread by orders of magnitude (an ITM logit, a mean log-probability, integer penalty counts), so
+the largest one drowns the others in R. With it, each term's per-token return R^c_k (a caption
+term at every token, a penalty's suffix sum) becomes (R^c_k - mean_c) / (std_c + eps) before the
+weighted sum, mean_c and std_c taken over the term's whole-caption values R^c_0 of the image's
+group (grouped estimators, sample std as the group std above) or of the batch (population std).
+A term constant over the group contributes 0 (a spread below SPREAD_FLOOR of the values'
+magnitude counts as none: it is the rounding of equal values). scst's greedy captions are standardised with
+their sampled batch's statistics, so the baseline stays on the returns' scale.
 """
 from __future__ import annotations
 
@@ -44,10 +55,22 @@ def group_mean(caption_returns, group_size: int):
     return jnp.broadcast_to(total.mean(axis=1, keepdims=True), total.shape).reshape(-1)
 
 
+# A spread below this fraction of the values' magnitude is float32 rounding of equal values (their
+# mean is not exact), not a spread: dividing by it would turn rounding into advantages of order 1.
+SPREAD_FLOOR = 1e-5
+
+
+def _spread(std, values):
+    """std, or 0 where it is below SPREAD_FLOOR of the values' largest magnitude."""
+    scale = jnp.max(jnp.abs(values), axis=-1, keepdims=True)
+    return jnp.where(std > SPREAD_FLOOR * scale, std, 0.0)
+
+
 def group_std(caption_returns, group_size: int):
-    """(R,) -> (R,): the sample std (ddof 1) of each caption's group."""
+    """(R,) -> (R,): the sample std (ddof 1) of each caption's group (0 for equal values)."""
     total = caption_returns.reshape(-1, group_size)
-    return jnp.broadcast_to(total.std(axis=1, ddof=1, keepdims=True), total.shape).reshape(-1)
+    std = _spread(total.std(axis=1, ddof=1, keepdims=True), total)
+    return jnp.broadcast_to(std, total.shape).reshape(-1)
 
 
 class Baseline(NamedTuple):
@@ -78,7 +101,10 @@ def _rloo(caption_returns, group_size, greedy, eps):
 
 
 def _grpo(caption_returns, group_size, greedy, eps):
-    return Baseline(group_mean(caption_returns, group_size), group_std(caption_returns, group_size) + eps)
+    # a group without spread gives no signal: divided by inf, not by eps (its tokens' returns
+    # still differ by the penalties to go, which eps alone would blow up to ~1e8)
+    std = group_std(caption_returns, group_size)
+    return Baseline(group_mean(caption_returns, group_size), jnp.where(std > 0, std + eps, jnp.inf))
 
 
 def _drgrpo(caption_returns, group_size, greedy, eps):
@@ -92,6 +118,37 @@ ESTIMATORS = {e.name: e for e in (
     Estimator("grpo", _grpo, grouped=True, whiten=False),
     Estimator("drgrpo", _drgrpo, grouped=True, whiten=False),
 )}
+
+
+class TermStats(NamedTuple):
+    mean: jnp.ndarray  # (R,): the statistic of each row's group (or of the batch)
+    std: jnp.ndarray  # (R,)
+
+
+def term_statistics(components: dict, group_size: int) -> dict[str, TermStats]:
+    """{term: TermStats} of each term's whole-caption return R^c_0 over the image's group
+    (group_size > 1) or over the batch (group_size 1)."""
+    out = {}
+    for name, (_, term) in components.items():
+        whole = term[:, 0]
+        if group_size > 1:
+            out[name] = TermStats(group_mean(whole, group_size), group_std(whole, group_size))
+        else:
+            std = _spread(jnp.std(whole), whole)
+            out[name] = TermStats(jnp.broadcast_to(jnp.mean(whole), whole.shape), jnp.broadcast_to(std, whole.shape))
+    return out
+
+
+def normalise_components(components: dict, stats: dict, mask, eps: float):
+    """(R, T) returns: sum over terms of w_c (R^c_k - mean_c) / (std_c + eps) on valid tokens; a
+    term without spread over its group (std 0) contributes 0."""
+    valid = mask.astype(jnp.float32)
+    total = jnp.zeros(mask.shape, jnp.float32)
+    for name, (weight, term) in components.items():
+        s = stats[name]
+        z = jnp.where(s.std[:, None] > 0, (term - s.mean[:, None]) / (s.std[:, None] + eps), 0.0)
+        total = total + weight * z
+    return total * valid
 
 
 def advantages(returns, values=None, offset=None, scale=None):

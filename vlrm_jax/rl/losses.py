@@ -5,6 +5,10 @@
     M_k = (A_k - mean A) / std A       over every valid token of the whole rollout batch
     L_p = -(1/n) sum_k p_k M_k         (p_k, or log p_k with objective="logprob")
 
+and the options the field's other estimators bring (A2CConfig): PPO's clipped ratio against the
+rollout policy's p_old, its clipped value loss, a KL term to the initial policy (k1 or k3) and an
+entropy bonus, each a sum over valid tokens as well.
+
 n is the number of valid tokens in the whole batch. The functions here return sums; the step
 divides by the global n once, so micro-batches and devices add up to exactly the full-batch
 loss (a mean of micro-batch means would weight short captions' tokens more).
@@ -44,8 +48,14 @@ def normalise(advantages, stats: AdvantageStats, eps: float):
     return (advantages - stats.mean) / (stats.std + eps)
 
 
-def value_loss_sum(returns, values, mask):
-    return jnp.sum(jnp.square(returns - values) * mask.astype(jnp.float32))
+def value_loss_sum(returns, values, mask, old_values=None, clip: float = 0.0):
+    """sum_k (R_k - V_k)^2; with old_values and clip > 0, PPO's clipped value loss:
+    max((R - V)^2, (R - V_clipped)^2) with V_clipped = V_old + clip(V - V_old, -clip, clip)."""
+    loss = jnp.square(returns - values)
+    if old_values is not None and clip > 0:
+        clipped = old_values + jnp.clip(values - old_values, -clip, clip)
+        loss = jnp.maximum(loss, jnp.square(returns - clipped))
+    return jnp.sum(loss * mask.astype(jnp.float32))
 
 
 def policy_loss_sum(token_prob, token_logprob, normalised_advantages, mask, objective: str):
@@ -53,6 +63,37 @@ def policy_loss_sum(token_prob, token_logprob, normalised_advantages, mask, obje
     weight = token_prob if objective == "prob" else token_logprob
     m = mask.astype(jnp.float32)
     return -jnp.sum(weight * jax.lax.stop_gradient(normalised_advantages) * m)
+
+
+def clipped_policy_loss_sum(token_logprob, old_logprob, normalised_advantages, mask, objective: str, clip: float):
+    """PPO's objective against the rollout policy's log p_old: with r_k = p_k / p_old_k,
+    -sum_k c_k min(r_k M_k, clip(r_k, 1 - eps, 1 + eps) M_k), where c_k = p_old_k for
+    objective="prob" (so unclipped it is -sum p_k M_k, the paper's loss) and 1 for "logprob"
+    (the usual PPO surrogate, whose gradient at r = 1 is that of -sum log p_k M_k). clip 0: no
+    clipping. Returns (loss sum, tokens whose gradient the clip removed)."""
+    m = mask.astype(jnp.float32)
+    adv = jax.lax.stop_gradient(normalised_advantages)
+    old = jax.lax.stop_gradient(old_logprob)
+    ratio = jnp.exp(token_logprob - old)
+    surrogate = ratio * adv
+    if clip > 0:
+        bounded = jnp.clip(ratio, 1.0 - clip, 1.0 + clip) * adv
+        clipped = (bounded < surrogate).astype(jnp.float32)
+        surrogate = jnp.minimum(surrogate, bounded)
+    else:
+        clipped = jnp.zeros_like(m)
+    scale = jnp.exp(old) if objective == "prob" else 1.0
+    return -jnp.sum(scale * surrogate * m), jnp.sum(clipped * m)
+
+
+def kl_to_reference(token_logprob, reference_logprob, estimator: str):
+    """Per-token estimates of KL(p || p_ref) on tokens sampled from p (Schulman, "Approximating KL
+    divergence", 2020): k1 = log p - log p_ref (unbiased, can be negative), k3 = r - log r - 1
+    with r = p_ref / p (unbiased, never negative, lower variance)."""
+    log_ratio = jax.lax.stop_gradient(reference_logprob) - token_logprob
+    if estimator == "k1":
+        return -log_ratio
+    return jnp.exp(log_ratio) - log_ratio - 1.0
 
 
 def explained_variance(returns, values, mask):
@@ -78,7 +119,9 @@ def _chunk_stats(logits, tokens, prob: str, temperature: float, top_k: int | Non
     logp_all = jax.nn.log_softmax(scores, axis=-1)
     logp = jnp.take_along_axis(logp_all, tokens[..., None], axis=-1)[..., 0]
     p_all = jnp.exp(logp_all)
-    entropy = -jnp.sum(jnp.where(p_all > 0, p_all * logp_all, 0.0), axis=-1)
+    # log p of the ids outside the support is -inf: zeroed before the product, or its gradient
+    # (0 * -inf) is NaN once the entropy is part of the loss
+    entropy = -jnp.sum(p_all * jnp.where(p_all > 0, logp_all, 0.0), axis=-1)
     return logp, entropy
 
 
@@ -124,5 +167,5 @@ def support_token_stats(hidden, tokens, support, logits_at: Callable, temperatur
     logp_all = scores - normaliser
     logp = chosen - normaliser[..., 0]
     p_all = jnp.exp(logp_all)
-    entropy = -jnp.sum(jnp.where(valid, p_all * logp_all, 0.0), axis=-1)
+    entropy = -jnp.sum(p_all * jnp.where(valid, logp_all, 0.0), axis=-1)  # as in _chunk_stats
     return logp, entropy

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from pathlib import Path
 
 import jax
@@ -53,7 +54,8 @@ def _dataclass(cls, fields: dict, prefix: str):
     try:
         return cls(**fields)
     except (TypeError, ValueError) as e:
-        name = next((n for n in fields if n in str(e)), "")
+        # the field the message names as a word (estimator is not kl_estimator)
+        name = next((n for n in fields if re.search(rf"\b{n}\b", str(e))), "")
         raise ConfigError(f"{prefix}.{name}" if name else prefix, str(e)) from None
 
 
@@ -94,7 +96,11 @@ def validate(cfg, device_count: int | None = None, process_count: int | None = N
     split = shape[0] * shape[1]  # data x fsdp: the batch axes
     if cfg.batch_size % split:
         raise ConfigError("batch_size", f"{cfg.batch_size} images do not divide over data x fsdp = {split} devices")
-    rows = cfg.batch_size * a2c.samples_per_image // a2c.micro_batches
+    captions = cfg.batch_size * a2c.samples_per_image
+    if captions % (a2c.minibatches * a2c.micro_batches):
+        raise ConfigError("batch_size", f"{captions} captions per rollout do not split into a2c.minibatches="
+                                        f"{a2c.minibatches} x a2c.micro_batches={a2c.micro_batches}")
+    rows = captions // (a2c.minibatches * a2c.micro_batches)
     if rows % split:
         raise ConfigError("batch_size", f"a micro-batch of {rows} captions does not divide over data x fsdp = "
                                         f"{split} devices (mesh {dict(zip(sharding.MESH_AXES, shape))})")

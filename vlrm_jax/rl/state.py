@@ -24,6 +24,11 @@ class Experience:
     baseline: jax.Array | None = None  # (R,) float32 estimator baseline (estimators.py); None: the learned value
     support: jax.Array | None = None  # (R, T, S) int32 sampling support per token (Rollout.support)
     scale: jax.Array | None = None  # (R,) float32 divisor of the advantage (grpo's group std); None: 1
+    # filled by the update where its options need them (A2CConfig): log p_old of the rollout
+    # policy and V of the rollout's value network (PPO), log p of the initial policy (KL loss)
+    old_logp: jax.Array | None = None  # (R, T) float32
+    old_values: jax.Array | None = None  # (R, T) float32
+    ref_logp: jax.Array | None = None  # (R, T) float32
 
     @property
     def rows(self) -> int:
@@ -41,6 +46,7 @@ class TrainState:
     value_opt: Any  # optax state of the value network
     skipped: jax.Array  # int32: updates skipped for a non-finite loss or gradient
     skipped_in_row: jax.Array  # int32: consecutive skips up to this step
+    initial_policy: Any = None  # nnx.State: the policy as of step 0, for a KL term (a2c.kl_coef > 0)
 
 
 @jax.tree_util.register_dataclass
