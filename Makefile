@@ -58,10 +58,17 @@ demo: install
 # The demo's RL rows again over seeds 0 1 2 (after `make demo`; nothing is pre-trained again):
 # runs/shapes/sweeps/config/results.json and seeds.png. A change: SET="KEY=VALUE ..." TAG=name
 # (values without spaces, e.g. SET="reward.extra_exempt_words=('and','small')").
+# ESTIMATORS="a2c grpo a2c_kl ..." (or "all"): VLRM by each estimator variant over the seeds, on equal
+# captions sampled (vlrm_jax/world/estimator_sweep.py): runs/shapes/sweeps/estimators/.
 SEEDS ?= 0 1 2
 TAG ?= config
 sweep: install
+ifdef ESTIMATORS
+	JAX_PLATFORMS=cpu $(PY) -m vlrm_jax.world.estimator_sweep --workdir runs/shapes --seeds $(SEEDS) \
+		$(if $(filter all,$(ESTIMATORS)),,--estimators $(ESTIMATORS))
+else
 	JAX_PLATFORMS=cpu $(PY) -m vlrm_jax.world.sweep --workdir runs/shapes --seeds $(SEEDS) --tag $(TAG) $(foreach s,$(SET),--set "$(s)")
+endif
 
 # The demo's pre-trained models that tests/world/test_rl_direction.py trains VLRM from (6 MB):
 # refresh after a change to configs/shapes.py's pre-training and a `make demo`.

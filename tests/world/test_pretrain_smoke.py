@@ -292,3 +292,22 @@ def test_misplaced_negatives_take_their_share_of_the_wrong_texts(scenes):
         return np.mean([not c.absent and len(c.wrong) == 1 and c.wrong[0].endswith(": position") for c in checks])
 
     assert rate(0.0) < 0.3 and rate(1.0) == 1.0  # full captions state every position
+
+
+@pytest.mark.slow  # two smoke RL runs and their evaluation
+def test_estimator_sweep_compares_variants_on_equal_captions(first_run):
+    from vlrm_jax.world import estimator_sweep
+
+    workdir, summary = first_run
+    results = estimator_sweep.run(workdir, [0], ["grpo_ppo2", "a2c_kl"], smoke=True, processes=1)
+    assert set(results["rows"]) == {"REF", "base", "grpo_ppo2 s0", "a2c_kl s0"}
+    assert results["rows"]["base"] == summary["rows"]["base"]
+    grpo, kl = results["summary"]["grpo_ppo2"], results["summary"]["a2c_kl"]
+    assert grpo["captions_sampled"] == kl["captions_sampled"] == 10 * 16  # 4 images x 4 captions, 16 images
+    assert grpo["train_s"] > 0 and 0 <= kl["seeds_above_base"] <= 1
+    lines = [json.loads(x) for x in (workdir / "sweeps" / "est-a2c_kl" / "rl" / "vlrm_s0" / "metrics.jsonl")
+             .read_text().splitlines()]
+    assert all("kl/mean" in m for m in lines if "time/step_s" in m)
+    table = (workdir / "sweeps" / "estimators" / "results.md").read_text()
+    assert "| grpo_ppo2 |" in table and "| a2c_kl |" in table
+    assert (workdir / "sweeps" / "estimators" / "estimators.png").is_file()

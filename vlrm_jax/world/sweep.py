@@ -76,7 +76,7 @@ def sweep_config(root: Path, tag: str, kind: str, seed: int, overrides: Sequence
     return cfg
 
 
-def _train(job: tuple) -> str:
+def train_job(job: tuple) -> str:
     root, tag, kind, seed, overrides, smoke = job
     cfg = sweep_config(Path(root), tag, kind, seed, overrides, smoke)
     return str(rl_runs.train_and_export(cfg, sweep_dir(Path(root), tag) / "models" / run_name(kind, seed),
@@ -92,10 +92,10 @@ def train_runs(root: Path, tag: str, kinds: Sequence[str], seeds: Sequence[int],
     sweep_config(Path(root), tag, kinds[0], seeds[0], overrides, smoke)  # a bad --set fails here, before any run
     jobs = [(str(root), tag, kind, seed, tuple(overrides), smoke) for seed in seeds for kind in kinds]
     if processes <= 1:
-        folders = [_train(job) for job in tqdm(jobs, desc="RL runs", unit="run")]
+        folders = [train_job(job) for job in tqdm(jobs, desc="RL runs", unit="run")]
     else:
         with multiprocessing.get_context("spawn").Pool(processes, maxtasksperchild=1) as pool:
-            folders = list(tqdm(pool.imap(_train, jobs), total=len(jobs), desc="RL runs", unit="run"))
+            folders = list(tqdm(pool.imap(train_job, jobs), total=len(jobs), desc="RL runs", unit="run"))
     return {(job[2], job[3]): Path(folder) for job, folder in zip(jobs, folders)}
 
 
