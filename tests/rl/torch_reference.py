@@ -108,7 +108,9 @@ def value_gradients_to_jax_paths(trunk, head, value_cfg) -> dict[tuple, np.ndarr
     return out
 
 
-def token_logprob(logits, tokens, prob: str, temperature: float, top_k: int):
+def log_distribution(logits, prob: str, temperature: float, top_k: int):
+    """(B, T, V) log-probabilities of the distribution p_k is taken under, through transformers'
+    own temperature and top-k warpers."""
     from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper
 
     b, t, v = logits.shape
@@ -117,23 +119,19 @@ def token_logprob(logits, tokens, prob: str, temperature: float, top_k: int):
         flat = TemperatureLogitsWarper(temperature)(None, flat)
     if prob == "sampled":
         flat = TopKLogitsWarper(top_k)(None, flat)
-    logp = torch.log_softmax(flat, dim=-1).reshape(b, t, v)
+    return torch.log_softmax(flat, dim=-1).reshape(b, t, v)
+
+
+def token_logprob(logits, tokens, prob: str, temperature: float, top_k: int):
+    logp = log_distribution(logits, prob, temperature, top_k)
     return torch.gather(logp, 2, tokens[..., None])[..., 0]
 
 
 def token_entropy(logits, prob: str, temperature: float, top_k: int):
     """Entropy of the distribution p_k is taken under, per position."""
-    from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper
-
-    b, t, v = logits.shape
-    flat = logits.reshape(b * t, v)
-    if prob != "raw":
-        flat = TemperatureLogitsWarper(temperature)(None, flat)
-    if prob == "sampled":
-        flat = TopKLogitsWarper(top_k)(None, flat)
-    logp = torch.log_softmax(flat, dim=-1)
+    logp = log_distribution(logits, prob, temperature, top_k)
     p = logp.exp()
-    return -(p * torch.where(p > 0, logp, torch.zeros_like(logp))).sum(-1).reshape(b, t)
+    return -(p * torch.where(p > 0, logp, torch.zeros_like(logp))).sum(-1)
 
 
 def ppo_policy_terms(logp, old_logp, m_k, *, objective: str, clip_eps: float):
