@@ -21,7 +21,7 @@ def minibatch_plan(key, rows: int, epochs: int, minibatches: int):
 
     A shuffle within blocks, not over the whole batch: a block lies on one device whenever
     `minibatches` divides the rows each device holds, so taking a minibatch moves no row between
-    devices (a global permutation makes XLA gather the whole rollout onto every device), and
+    devices by construction (a global permutation is a gather across devices), and
     every minibatch draws evenly from every device's rows. The plan does not depend on the mesh,
     so one device and any mesh take the same minibatches."""
     if rows % minibatches:
