@@ -125,6 +125,12 @@ class TermStats(NamedTuple):
     std: jnp.ndarray  # (R,)
 
 
+def reward_terms(out, returns) -> dict:
+    """The reward's terms {name: (signed weight, per-token return)} (`RewardOutput.components`);
+    a scorer that gives none is one term, its whole return."""
+    return out.components or {"return": (1.0, returns)}
+
+
 def term_statistics(components: dict, group_size: int) -> dict[str, TermStats]:
     """{term: TermStats} of each term's whole-caption return R^c_0 over the image's group
     (group_size > 1) or over the batch (group_size 1)."""

@@ -103,7 +103,7 @@ class A2CStep:
         self.experience = jax.jit(self._experience)
         self.update = jax.jit(self._update, donate_argnums=0)
         self.gradients = jax.jit(self._gradients)
-        self.values = jax.jit(lambda state, frozen, exp: self._value_pass(state, frozen, exp)[2])
+        self.values = jax.jit(self._value_forward)
 
     # ------------------------------------------------------------------------------------------
     def _fresh_state(self, initial, seed) -> TrainState:
@@ -239,7 +239,7 @@ class A2CStep:
         metrics["reward/mean"] = jnp.mean(reward[:, 0])  # a caption's whole reward is R at its first token
         returns, term_stats = reward, None
         if cfg.component_norm:
-            terms = out.components or {"return": (1.0, reward)}
+            terms = estimators.reward_terms(out, reward)
             term_stats = estimators.term_statistics(terms, k)
             returns = estimators.normalise_components(terms, term_stats, rollout.mask, cfg.group_eps)
         support = None if rollout.support is None else self._pin(rollout.support, "batch", "length")
@@ -256,8 +256,8 @@ class A2CStep:
                 g_out = self.scorer(models, g.tokens, itm_states, batch, self.mesh)
                 greedy = jnp.asarray(g_out.returns, jnp.float32)
                 if term_stats is not None:  # on the sampled captions' scale
-                    greedy = estimators.normalise_components(g_out.components or {"return": (1.0, greedy)},
-                                                             term_stats, g.mask, cfg.group_eps)
+                    greedy = estimators.normalise_components(estimators.reward_terms(g_out, greedy), term_stats,
+                                                             g.mask, cfg.group_eps)
                 greedy = greedy[:, 0]
             baseline, scale = kind.baseline(exp.returns[:, 0], k, greedy, cfg.group_eps)
             exp = dataclasses.replace(exp, baseline=baseline, scale=scale)
@@ -280,7 +280,9 @@ class A2CStep:
         kl = losses.kl_to_reference(logp, self._forward_logp(state.initial_policy, frozen, exp),
                                     self.cfg.kl_estimator) * valid
         returns = exp.returns - self.cfg.kl_coef * suffix_sum(kl) * valid
-        return dataclasses.replace(exp, returns=returns), jnp.sum(kl) / jnp.maximum(jnp.sum(valid), 1.0)
+        # the same pass is PPO's log p_old (the rollout policy on the same rows): kept, not redone
+        exp = dataclasses.replace(exp, returns=returns, old_logp=logp if self.cfg.reuses_rollout else None)
+        return exp, jnp.sum(kl) / jnp.maximum(jnp.sum(valid), 1.0)
 
     # ------------------------------------------------------------------------------------------
     def _micro(self, x):
@@ -338,12 +340,14 @@ class A2CStep:
         """V of every row under the state's value network, without gradients."""
         cap = self._captioner(state.policy, frozen)
 
-        def body(_, mb):
-            soft, tokens, mask = mb
-            return None, self._values(state.value, frozen, cap.language_model, soft, tokens, mask, cap)
+        return self._forward_rows(lambda soft, tokens, mask: self._values(state.value, frozen, cap.language_model,
+                                                                          soft, tokens, mask, cap),
+                                  (exp.soft_prompt, exp.tokens, exp.mask))
 
-        _, values = jax.lax.scan(body, None, self._micro_tree((exp.soft_prompt, exp.tokens, exp.mask)))
-        return jax.lax.stop_gradient(self._unmicro(values))
+    def _forward_rows(self, fn, inputs):
+        """fn(*micro-batch) for every micro-batch of `inputs`, back in rows, without gradients."""
+        _, out = jax.lax.scan(lambda _, mb: (None, fn(*mb)), None, self._micro_tree(inputs))
+        return jax.lax.stop_gradient(self._unmicro(out))
 
     def _policy_inputs(self, exp: Experience) -> dict:
         inputs = dict(states=exp.vision_states, tokens=exp.tokens, mask=exp.mask)
@@ -369,11 +373,7 @@ class A2CStep:
 
     def _forward_logp(self, policy, frozen: FrozenParams, exp: Experience):
         """log p_k (R, T) of every row's sampled tokens under `policy`, without gradients."""
-        def body(_, mb):
-            return None, self._token_stats(policy, frozen, mb)[0]
-
-        _, logp = jax.lax.scan(body, None, self._micro_tree(self._policy_inputs(exp)))
-        return jax.lax.stop_gradient(self._unmicro(logp))
+        return self._forward_rows(lambda mb: self._token_stats(policy, frozen, mb)[0], (self._policy_inputs(exp),))
 
     def _policy_pass(self, state: TrainState, frozen: FrozenParams, exp: Experience, weights):
         """Gradient sums of the policy loss over micro-batches: -sum_k p_k M_k (PPO's clipped
@@ -486,7 +486,8 @@ class A2CStep:
         c = self.cfg
         values = self._value_forward(state, frozen, exp) if c.uses_value else None
         weights, stats = self._weights(exp, values)
-        exp = dataclasses.replace(exp, old_logp=self._forward_logp(state.policy, frozen, exp), old_values=values)
+        old_logp = exp.old_logp if exp.old_logp is not None else self._forward_logp(state.policy, frozen, exp)
+        exp = dataclasses.replace(exp, old_logp=old_logp, old_values=values)
         if c.kl_coef and c.kl_in == "loss":
             exp = dataclasses.replace(exp, ref_logp=self._forward_logp(state.initial_policy, frozen, exp))
         key = jax.random.fold_in(jax.random.fold_in(state.key, state.step), ppo.SHUFFLE_STREAM)

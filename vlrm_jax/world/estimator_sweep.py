@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import sys
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from vlrm_jax.rl.estimators import ESTIMATORS
 from vlrm_jax.world import sweep
 
 GROUP = 4  # captions per image of the grouped estimators
@@ -71,8 +71,8 @@ def run_log(folder: Path) -> tuple[int, float]:
     from vlrm_jax.rl.run_config import RUN_CONFIG
 
     cfg = json.loads((folder / RUN_CONFIG).read_text())["config"]
-    per_step = cfg["batch_size"] * (cfg["a2c"]["group_size"] if cfg["a2c"]["estimator"] in ("rloo", "grpo", "drgrpo")
-                                    else 1)
+    grouped = ESTIMATORS[cfg["a2c"]["estimator"]].grouped
+    per_step = cfg["batch_size"] * (cfg["a2c"]["group_size"] if grouped else 1)
     lines = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
     steps = [m for m in lines if "time/step_s" in m]
     return per_step * len(steps), float(sum(m["time/step_s"] for m in steps))
@@ -87,9 +87,7 @@ def summarise(rows: dict, logs: dict, names: Sequence[str], seeds: Sequence[int]
         runs = [rows[f"{name} s{seed}"] for seed in seeds]
         entry = {}
         for column in COLUMNS:
-            values = np.array([r[column] for r in runs], np.float64)
-            entry[column] = {"mean": float(values.mean()), "std": float(values.std()),
-                             "min": float(values.min()), "max": float(values.max())}
+            entry[column] = sweep.value_spread([r[column] for r in runs])
         captions, seconds = zip(*(logs[name, seed] for seed in seeds))
         entry["captions_sampled"] = int(captions[0])
         entry["train_s"] = float(np.mean(seconds))
@@ -135,8 +133,6 @@ def plot(rows: dict, logs: dict, names: Sequence[str], seeds: Sequence[int], pat
 
 def run(root: str | Path, seeds: Sequence[int], names: Sequence[str] = tuple(VARIANTS), smoke: bool = False,
         processes: int = 2) -> dict:
-    from tqdm import tqdm
-
     from vlrm_jax.config_utils import load_config
     from vlrm_jax.world import demo, pretrain, shapes
 
@@ -145,12 +141,8 @@ def run(root: str | Path, seeds: Sequence[int], names: Sequence[str] = tuple(VAR
         sweep.sweep_config(root, tag(name), "vlrm", seeds[0], variant_overrides(name, smoke), smoke)  # fail early
     jobs = [(str(root), tag(name), "vlrm", seed, variant_overrides(name, smoke), smoke) for seed in seeds
             for name in names]
-    if processes <= 1:
-        folders = [sweep.train_job(job) for job in tqdm(jobs, desc="RL runs", unit="run")]
-    else:
-        with multiprocessing.get_context("spawn").Pool(processes, maxtasksperchild=1) as pool:
-            folders = list(tqdm(pool.imap(sweep.train_job, jobs), total=len(jobs), desc="RL runs", unit="run"))
-    policies = {f"{job[1].removeprefix('est-')} s{job[3]}": Path(folder) for job, folder in zip(jobs, folders)}
+    folders = sweep.run_jobs(jobs, processes)
+    policies = {f"{job[1].removeprefix('est-')} s{job[3]}": folder for job, folder in zip(jobs, folders)}
     logs = {(name, seed): run_log(sweep.sweep_dir(root, tag(name)) / "rl" / sweep.run_name("vlrm", seed))
             for name in names for seed in seeds}
     wd = pretrain.Workdir(root)

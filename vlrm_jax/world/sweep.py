@@ -85,18 +85,30 @@ def train_job(job: tuple) -> str:
 
 def train_runs(root: Path, tag: str, kinds: Sequence[str], seeds: Sequence[int], overrides: Sequence[str],
                smoke: bool = False, processes: int = 2) -> dict[tuple[str, int], Path]:
-    """Train (or reuse) every (kind, seed) run; `processes` runs at a time, each in a spawned
+    """Train (or reuse) every (kind, seed) run, `processes` at a time (`run_jobs`)."""
+    sweep_config(Path(root), tag, kinds[0], seeds[0], overrides, smoke)  # a bad --set fails here, before any run
+    jobs = [(str(root), tag, kind, seed, tuple(overrides), smoke) for seed in seeds for kind in kinds]
+    return {(job[2], job[3]): folder for job, folder in zip(jobs, run_jobs(jobs, processes))}
+
+
+def run_jobs(jobs: Sequence[tuple], processes: int) -> list[Path]:
+    """The policy folder of each `train_job` job: `processes` at a time, each in a spawned
     process (JAX is not fork-safe), or all in this one when 1."""
     from tqdm import tqdm
 
-    sweep_config(Path(root), tag, kinds[0], seeds[0], overrides, smoke)  # a bad --set fails here, before any run
-    jobs = [(str(root), tag, kind, seed, tuple(overrides), smoke) for seed in seeds for kind in kinds]
     if processes <= 1:
         folders = [train_job(job) for job in tqdm(jobs, desc="RL runs", unit="run")]
     else:
         with multiprocessing.get_context("spawn").Pool(processes, maxtasksperchild=1) as pool:
             folders = list(tqdm(pool.imap(train_job, jobs), total=len(jobs), desc="RL runs", unit="run"))
-    return {(job[2], job[3]): Path(folder) for job, folder in zip(jobs, folders)}
+    return [Path(f) for f in folders]
+
+
+def value_spread(values) -> dict[str, float]:
+    """mean, standard deviation (ddof 0), minimum and maximum of one column over seeds."""
+    values = np.asarray(values, np.float64)
+    return {"mean": float(values.mean()), "std": float(values.std()), "min": float(values.min()),
+            "max": float(values.max())}
 
 
 def spread(rows: dict[str, dict], kinds: Sequence[str], seeds: Sequence[int]) -> dict[str, dict]:
@@ -106,9 +118,7 @@ def spread(rows: dict[str, dict], kinds: Sequence[str], seeds: Sequence[int]) ->
         runs = [rows[f"{LABELS[kind]} s{seed}"] for seed in seeds]
         out[LABELS[kind]] = {}
         for column in SPREAD_COLUMNS:
-            values = np.array([r[column] for r in runs], np.float64)
-            out[LABELS[kind]][column] = {"mean": float(values.mean()), "std": float(values.std()),
-                                         "min": float(values.min()), "max": float(values.max())}
+            out[LABELS[kind]][column] = value_spread([r[column] for r in runs])
     return out
 
 
