@@ -74,7 +74,7 @@ def train_captioner(ctx: StageContext) -> StageResult:
     scenes = captioner_scenes(ctx)
     ids, mask = opt_ids(tokenizer, caption_targets(scenes, scfg.caption_style, scfg.full_caption_fraction, scfg.seed))
     # the reference LM's own corpus (training split): also on the extra scenes' captions it read
-    # a little worse (docs/architecture.md, "A fifth look")
+    # a little worse (configs/shapes_world_log.md, 2026-12-04 (5))
     lm_ids, lm_mask = opt_ids(tokenizer, lm_corpus(ctx.world, ctx.cfg.reference_lm.seed))
     states = vision_states(model.vision_model, blip2_pixels(scenes.images, model_cfg.vision.image_size))
 
