@@ -1,8 +1,11 @@
-"""Memory-bandwidth bound of one decode step, and the machine description, for generate_vs_hf.py.
+"""The two bounds of one decode step, and the machine description, for generate_vs_hf.py.
 
-A decode step of a small-batch OPT is bound by memory: it must read every weight of the language
-model and the KV cache at least once per token. `bound_ms_per_token` is that traffic divided by
-the measured copy bandwidth, the time a step could not beat even with all arithmetic free.
+A decode step must read every weight of the language model and the KV cache at least once per
+token: `bound_ms_per_token` is that traffic over the measured copy bandwidth, the time a step
+could not beat with all arithmetic free. It must also do the model's arithmetic:
+`compute_ms_per_token` is its FLOPs over the best measured matrix-product rate, the time it
+could not beat with memory free. Small batches are bound by the first, many decoded rows over a
+large vocabulary by the second; the larger of the two is the step's roofline.
 """
 from __future__ import annotations
 
@@ -41,6 +44,35 @@ def device_copy_bandwidth(mb: int = 512, tries: int = 3) -> float:
         copy(x).block_until_ready()
         best = min(best, time.perf_counter() - t)
     return 2 * x.nbytes / best
+
+
+def matmul_peak(n: int = 2048, tries: int = 3) -> float:
+    """FLOP/s of the best of `tries` (n, n) @ (n, n) float32 products under jax.jit on the default
+    device: the rate a step's matrix products could reach at best."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jnp.ones((n, n), jnp.float32)
+    mm = jax.jit(lambda x: x @ x)
+    mm(a).block_until_ready()
+    best = float("inf")
+    for _ in range(tries):
+        t = time.perf_counter()
+        mm(a).block_until_ready()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
+
+
+def decode_flops(rows: int, layers: int, hidden: int, ffn: int, vocab: int, prompt: int, new_tokens: int) -> float:
+    """FLOPs of one decode step of an OPT: the layers' products (q, k, v, out: 4 E x E; fc1, fc2:
+    2 E x F) and the vocabulary head for every row, plus the scores and values over the cache at
+    its mean length (prompt + N/2). Layer norms and the softmax are left out (a few percent)."""
+    per_row = 2 * layers * (4 * hidden * hidden + 2 * hidden * ffn) + 2 * hidden * vocab
+    return rows * (per_row + layers * 4 * (prompt + new_tokens / 2) * hidden)
+
+
+def compute_ms_per_token(flops: float, peak: float) -> float:
+    return flops / peak * 1e3
 
 
 def param_bytes(module) -> int:

@@ -23,6 +23,10 @@ Measured, for every (vision, setting, batch B, new tokens N), on the same pixels
   bound ms per token: the bytes a step must read, divided by this machine's copy bandwidth
     (bench/bandwidth.py): every OPT weight (the embedding doubles as lm_head) plus the KV cache
     at its mean length over the caption, rows x layers x 2 x (32 queries + BOS + N/2) x width;
+  compute ms per token: the step's FLOPs (the layers' and the head's products for every row,
+    the attention over the mean cache) over the best measured float32 matrix-product rate;
+  roofline: the larger of the two bounds, and ms/token over it (the bandwidth bound is the
+    step's floor at few rows; at many rows the products are);
   beam tokens equal: rows whose tokens are transformers' exactly (random weights leave rare
     near-ties, so a few rows may differ).
 Runs on CPU or, unchanged, on a GPU (torch and JAX then share the card; the bound then uses the
@@ -152,22 +156,25 @@ class Bench:
         return med, out["ids"].cpu().numpy()[:, self.hf.config.num_query_tokens + 1:]
 
 
-def measure(bench: Bench, tower: str, setting: str, b: int, n: int, t1: float, px, px_torch, bound) -> dict:
+def measure(bench: Bench, tower: str, setting: str, b: int, n: int, t1: float, px, px_torch, bound, compute) -> dict:
     first, ours_s, ours_ids = bench.ours(setting, n, px)
     hf_s, hf_ids = bench.theirs(setting, n, px_torch)
     rows = b * (5 if setting == "beam5" else 1)
     ms_tok = (ours_s - t1) / (n - 1) * 1e3 if n > 1 else None
-    bound_ms = bound(rows, n)
+    bound_ms, compute_ms = bound(rows, n), compute(rows, n)
+    roof = max(bound_ms, compute_ms)
     row = dict(vision=tower, setting=setting, batch=b, new_tokens=n, decode_rows=rows,
                ours_caps_s=b / ours_s, hf_caps_s=b / hf_s, ratio=hf_s / ours_s, ours_s=ours_s, hf_s=hf_s,
                ours_t1_s=t1, compile_s=max(first - ours_s, 0.0), ms_per_token=ms_tok,
-               bound_ms_per_token=bound_ms, over_bound=ms_tok / bound_ms if ms_tok is not None else None)
+               bound_ms_per_token=bound_ms, over_bound=ms_tok / bound_ms if ms_tok is not None else None,
+               compute_ms_per_token=compute_ms, roofline_ms_per_token=roof,
+               over_roofline=ms_tok / roof if ms_tok is not None else None)
     if setting == "beam5":
         row["tokens_equal"] = f"{int(np.all(hf_ids == ours_ids, axis=1).sum())}/{b}"
     return row
 
 
-def sweep_tower(tower: str, args, device: str, bandwidth: float, report: dict):
+def sweep_tower(tower: str, args, device: str, bandwidth: float, peak: float, report: dict):
     hf, cap = build(tower, args.smoke, args.dtype, device)
     lm = cap.module.language_model
     weights = bw.param_bytes(lm)
@@ -178,6 +185,10 @@ def sweep_tower(tower: str, args, device: str, bandwidth: float, report: dict):
     def bound(rows, n):
         return bw.bound_ms_per_token(weights, bw.kv_bytes(rows, layers, width, prompt, n, itemsize), bandwidth)
 
+    def compute(rows, n):
+        flops = bw.decode_flops(rows, layers, width, lm.cfg.ffn_dim, lm.cfg.vocab_size, prompt, n)
+        return bw.compute_ms_per_token(flops, peak)
+
     report["models"][tower] = dict(hf_config=hf.config.to_dict(), opt_weight_bytes=weights, prompt_tokens=prompt)
     print(f"# {tower}: OPT weights {weights / 2**20:.1f} MiB at {args.dtype}, prompt {prompt} tokens", flush=True)
     bench = Bench(hf, cap, device, args.reps)
@@ -187,7 +198,7 @@ def sweep_tower(tower: str, args, device: str, bandwidth: float, report: dict):
         for setting in args.settings:
             _, t1, _ = bench.ours(setting, 1, px)
             for n in args.new_tokens:
-                row = measure(bench, tower, setting, b, n, t1, px, px_torch, bound)
+                row = measure(bench, tower, setting, b, n, t1, px, px_torch, bound, compute)
                 report["rows"].append(row)
                 print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
 
@@ -198,12 +209,13 @@ def fmt(x, spec: str) -> str:
 
 def print_table(rows: list[dict]):
     print("\n| vision | setting | B | rows | new tokens | ours cap/s | HF cap/s | ratio | ms/token | "
-          "bound ms/token | ms/token ÷ bound | beam tokens equal |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "bound ms/token | ms/token ÷ bound | compute ms/token | ms/token ÷ roofline | beam tokens equal |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['vision']} | {r['setting']} | {r['batch']} | {r['decode_rows']} | {r['new_tokens']} | "
               f"{r['ours_caps_s']:.2f} | {r['hf_caps_s']:.2f} | {r['ratio']:.2f}x | {fmt(r['ms_per_token'], '.2f')} | "
-              f"{r['bound_ms_per_token']:.2f} | {fmt(r['over_bound'], '.1f')} | {r.get('tokens_equal', '-')} |")
+              f"{r['bound_ms_per_token']:.2f} | {fmt(r['over_bound'], '.1f')} | {r['compute_ms_per_token']:.2f} | "
+              f"{fmt(r['over_roofline'], '.1f')} | {r.get('tokens_equal', '-')} |")
 
 
 def ints(s: str) -> list[int]:
@@ -229,13 +241,14 @@ def main(argv=None):
     host_bw = bw.copy_bandwidth(mb)
     dev_bw = bw.device_copy_bandwidth(mb) if jax.default_backend() != "cpu" else None
     bandwidth = dev_bw or host_bw
+    peak = bw.matmul_peak(256 if args.smoke else 2048)
     print(f"# {json.dumps(machine)}")
     print(f"# copy bandwidth: host {host_bw / 1e9:.2f} GB/s" + (f", device {dev_bw / 1e9:.1f} GB/s" if dev_bw else "")
-          + f" (bound uses {bandwidth / 1e9:.2f} GB/s)", flush=True)
+          + f" (bound uses {bandwidth / 1e9:.2f} GB/s); float32 matmul peak {peak / 1e9:.0f} GFLOP/s", flush=True)
     report = dict(machine=machine, host_copy_bandwidth_bytes_s=host_bw, device_copy_bandwidth_bytes_s=dev_bw,
-                  bound_bandwidth_bytes_s=bandwidth, args=vars(args), models={}, rows=[])
+                  bound_bandwidth_bytes_s=bandwidth, matmul_peak_flops_s=peak, args=vars(args), models={}, rows=[])
     for tower in args.vision:
-        sweep_tower(tower, args, device, bandwidth, report)
+        sweep_tower(tower, args, device, bandwidth, peak, report)
     print_table(report["rows"])
     if args.json:
         with open(args.json, "w") as f:

@@ -150,3 +150,22 @@ def test_a_mesh_axis_may_span_part_of_a_physical_axis():
     mesh = sharding.make_mesh((32, 1, 2), devices=devices)
     assert dict(mesh.shape) == {"data": 32, "fsdp": 1, "tensor": 2}
     assert sorted(d.id for d in mesh.devices.flat) == sorted(d.id for d in devices)
+
+
+def test_a_tpu_program_keeps_one_fused_attention(v5e_2x2, monkeypatch):
+    """The CPU's chunked attention is chosen when lowering for a CPU only: the same function
+    compiled for a TPU slice from this CPU host has no chunk loop."""
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from vlrm_jax import sharding
+    from vlrm_jax.models import common
+
+    monkeypatch.setattr(common, "CPU_CHUNK_SCORE_BYTES", 1)  # chunk every row on a CPU
+    mesh = sharding.make_mesh((4, 1, 1), devices=v5e_2x2)
+    x = jax.ShapeDtypeStruct((8, 16, 2, 8), jnp.float32, sharding=NamedSharding(mesh, P("data")))
+    fn = jax.jit(lambda q, k, v: common.attention(q, k, v, None, 0.5))
+    assert "while" not in fn.lower(x, x, x).compile().as_text()
+    cpu = jax.ShapeDtypeStruct((8, 16, 2, 8), jnp.float32)
+    assert "while" in fn.lower(cpu, cpu, cpu).compile().as_text()

@@ -104,6 +104,13 @@ def param(rngs: nnx.Rngs, shape: Sequence[int], axes: tuple, dtype=jnp.float32, 
     return nnx.Param(value, logical_axes=axes)
 
 
+# Scores (batch chunk x heads x Tq x Tk, fp32) of about this many bytes per step of the CPU's
+# chunked attention: one fused attention over a whole ViT batch ran 3-5x slower than the same
+# attention mapped over batch chunks whose scores stay in cache (2-core AMD EPYC, 257 tokens, 4,
+# 6 and 16 heads, B=64: best at 2 images for 4 and 6 heads, 1 for 16); see docs/scaling.md.
+CPU_CHUNK_SCORE_BYTES = 3_500_000
+
+
 def attention(q: Array, k: Array, v: Array, mask: Array | None, scale: float, heads_first_kv: bool = False) -> Array:
     """Softmax attention with heads: q (B, Tq, H, D), k/v (B, Tk, H, D) or, with heads_first_kv,
     k (B, H, D, Tk) and v (B, H, Tk, D) (a KV cache kept in the layout the score and output
@@ -113,7 +120,40 @@ def attention(q: Array, k: Array, v: Array, mask: Array | None, scale: float, he
     Masked scores take the dtype's most negative finite value, as transformers does, so a row with
     no allowed key (a left-padding position) gives finite values instead of NaN; such rows never
     feed a valid position. Scores and softmax run in fp32 whatever the compute dtype.
+
+    On a CPU, a batch whose scores exceed CPU_CHUNK_SCORE_BYTES is mapped over chunks of rows
+    (each row's values are the same either way); other platforms run one fused attention. The
+    choice is made when the program is lowered (`lax.platform_dependent`), so a TPU program
+    compiled ahead of time on a CPU host gets the fused form.
     """
+    b, tq, heads = q.shape[0], q.shape[1], q.shape[2]
+    tk = k.shape[-1] if heads_first_kv else k.shape[1]
+    rows = cpu_chunk_rows(b, heads * tq * tk * 4)
+    if rows == b:
+        return _attention(q, k, v, mask, scale, heads_first_kv)
+    per_row_mask = mask is not None and mask.shape[0] == b
+    extra = (mask,) if per_row_mask else ()  # a mask per row is split with the rows
+
+    def fused(q, k, v, *m):
+        return _attention(q, k, v, m[0] if m else mask, scale, heads_first_kv)
+
+    def chunked(*args):
+        split = tuple(x.reshape(b // rows, rows, *x.shape[1:]) for x in args)
+        out = jax.lax.map(lambda a: fused(*a), split)
+        return out.reshape(b, *out.shape[2:])
+
+    return jax.lax.platform_dependent(q, k, v, *extra, cpu=chunked, default=fused)
+
+
+def cpu_chunk_rows(batch: int, score_bytes_per_row: int) -> int:
+    """Rows per step of the CPU's chunked attention: the largest divisor of `batch` whose scores
+    fit CPU_CHUNK_SCORE_BYTES, at least 1 (`batch` itself: no chunking)."""
+    fit = max(1, CPU_CHUNK_SCORE_BYTES // max(score_bytes_per_row, 1))
+    return max(d for d in range(1, min(fit, batch) + 1) if batch % d == 0)
+
+
+def _attention(q: Array, k: Array, v: Array, mask: Array | None, scale: float, heads_first_kv: bool) -> Array:
+    """`attention` in one piece."""
     keys = "bhdk" if heads_first_kv else "bkhd"
     scores = jnp.einsum(f"bqhd,{keys}->bhqk", q, k, preferred_element_type=jnp.float32) * scale
     if mask is not None:
