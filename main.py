@@ -38,7 +38,6 @@ _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
 def main(argv) -> None:
     from vlrm_jax import distributed
     from vlrm_jax.rl import loop, run, run_config
-    from vlrm_jax.rl.checkpoint import checkpoint_location
 
     logging.set_verbosity(logging.WARNING)  # orbax reports every file it writes at INFO
     # `kill -USR1 PID` prints every thread's Python stack to stderr: where a hung process waits
@@ -48,10 +47,9 @@ def main(argv) -> None:
         print("main.py: --config is required", file=sys.stderr)
         sys.exit(2)
     try:
-        run.check_distributed(cfg)
-        distributed.initialize(cfg.distributed)  # before anything touches the devices
+        distributed.initialize(run.distributed_config(cfg))  # before anything touches the devices
         resume = run_config.check_resume(cfg, _ALLOW_CONFIG_CHANGE.value)  # before anything compiles
-        step, stream, loop_cfg, hooks, captioner_dir = run.build(cfg)
+        state = run.train(cfg, resume)
     except run.ConfigError as e:
         print(f"main.py: bad config: {e}", file=sys.stderr)
         sys.exit(2)
@@ -60,13 +58,6 @@ def main(argv) -> None:
               f"appended to {os.path.join(cfg.workdir, run_config.CONFIG_HISTORY)}), or give a new workdir",
               file=sys.stderr)
         sys.exit(2)
-    run_config.append_history(cfg, resume)  # after build: a start that fails to build records nothing
-    run_config.save_run_config(cfg, captioner_dir)
-    if distributed.is_main() and resume.step is not None:
-        print(f"main.py: resuming from step {resume.step} ({checkpoint_location(cfg.workdir, cfg.checkpoint_dir)})",
-              flush=True)
-    try:
-        state = loop.train(step, stream, loop_cfg, cfg.seed, hooks)
     except (loop.TooManySkips, loop.CheckpointError) as e:
         print(f"main.py: {e}", file=sys.stderr)
         sys.exit(1)

@@ -1,7 +1,6 @@
 """`python -m vlrm_jax.aot`: the compile check a user runs before a pod job. Bad input exits 2
 before anything compiles; the compiles themselves (minutes) are in the slow set."""
 import json
-import os
 
 import pytest
 

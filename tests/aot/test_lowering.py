@@ -28,7 +28,7 @@ def test_retokenisation_lowers_for_a_tpu_mesh(v5e_2x2):
 def test_paper_step_lowers_for_a_tpu_slice(variant, v5e_2x2):
     cfg = small_paper_config(variant)
     step, parts = abstract_step(cfg, v5e_2x2, layers=2)
-    assert parts["mesh_shape"] == (4, 1, 1)
+    assert parts.mesh_shape == (4, 1, 1)
     assert step.vision_shared and (step.ref_shared or variant == "vlrm_rs")  # the released checkpoints' sharing
     state, frozen, batch = step.abstract_inputs(cfg.batch_size)
     assert set(batch) == ({"pixels", "clip_pixels"} if variant == "vlrm_rs" else {"pixels"})
@@ -88,11 +88,11 @@ def test_abstract_models_need_the_sharing_decided(v5e_2x2):
     from flax import nnx
     from vlrm_jax.models.value import ValueNetwork
 
-    value = nnx.eval_shape(lambda: ValueNetwork(parts["value"], models.captioner.cfg.text, rngs=nnx.Rngs(0)))
+    value = nnx.eval_shape(lambda: ValueNetwork(parts.value, models.captioner.cfg.text, rngs=nnx.Rngs(0)))
     mesh = sharding.make_mesh((4, 1, 1), devices=v5e_2x2)
     with pytest.raises(ValueError, match="share_trunk"):
-        A2CStep(parts["a2c"], models.captioner, value, shapes_only_scorer(cfg, parts["rollout"], models),
-                parts["rollout"], itm=models.itm, ref_lm=models.captioner.language_model, mesh=mesh)
+        A2CStep(parts.a2c, models.captioner, value, shapes_only_scorer(cfg, parts.rollout, models),
+                parts.rollout, itm=models.itm, ref_lm=models.captioner.language_model, mesh=mesh)
     cfg.model.share_trunk = "no"
     step, _ = abstract_step(cfg, v5e_2x2, layers=1)
     assert not step.vision_shared and "share_trunk=False" in step.vision_report.reason

@@ -292,7 +292,7 @@ def test_main_config_names_the_estimator_key_and_the_minibatch_split():
                                           "a2c.micro_batches=2"):
         run.validate(_cfg("runs/x", **{"a2c.estimator": "grpo", "a2c.group_size": 2, "a2c.minibatches": 3}))
     parts = run.validate(_cfg("runs/x", **{"a2c.epochs": 2, "a2c.minibatches": 2, "a2c.clip_eps": 0.2}))
-    assert parts["a2c"].reuses_rollout
+    assert parts.a2c.reuses_rollout
 
 
 MAIN_OPTIONS = {

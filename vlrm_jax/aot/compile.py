@@ -161,28 +161,28 @@ def chip_bytes(tree) -> int:
     return total
 
 
-def lower_step(step, rows: int):
+def lower_step(trainer, rows: int):
     """The training step lowered on abstract inputs of `rows` images."""
-    return step.step.lower(*step.abstract_inputs(rows))
+    return trainer.step.lower(*trainer.abstract_inputs(rows))
 
 
-def lower_eval(step, cfg):
+def lower_eval(trainer, cfg):
     """The evaluation's beam search (the paper's inference settings) of the policy, on
     eval.batch_size images split over the batch axes."""
     from vlrm_jax import sharding as shd
     from vlrm_jax.generate.config import GenerationConfig
     from vlrm_jax.generate.search import generate_jit
 
-    state, _, _ = step.abstract_inputs(cfg.batch_size)
+    state, _, _ = trainer.abstract_inputs(cfg.batch_size)
     rows = cfg.eval.batch_size
-    if rows % shd.batch_devices(step.mesh):
-        raise ValueError(f"eval.batch_size={rows} does not divide over the {shd.batch_devices(step.mesh)} devices "
+    if rows % shd.batch_devices(trainer.mesh):
+        raise ValueError(f"eval.batch_size={rows} does not divide over the {shd.batch_devices(trainer.mesh)} devices "
                          "of the batch axes")
-    graphdef, params = nnx.split(step.policy_module(state))
-    side = step.image_sizes["pixels"]
-    pixels = jax.ShapeDtypeStruct((rows, *side, 3), np.float32, sharding=shd.batch_sharding(step.mesh, 4))
+    graphdef, params = nnx.split(trainer.policy_module(state))
+    side = trainer.image_sizes["pixels"]
+    pixels = jax.ShapeDtypeStruct((rows, *side, 3), np.float32, sharding=shd.batch_sharding(trainer.mesh, 4))
     key = jax.eval_shape(lambda: jax.random.key(0))
-    key = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=jax.sharding.NamedSharding(step.mesh, jax.sharding.PartitionSpec()))
+    key = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=jax.sharding.NamedSharding(trainer.mesh, jax.sharding.PartitionSpec()))
     generation = GenerationConfig.paper_inference(no_repeat_ngram_size=cfg.eval.no_repeat_ngram_size)
     lowered = generate_jit.lower(graphdef, generation, params, pixels, key)
     # during evaluation the rest of the training state stays on the chip
@@ -197,19 +197,19 @@ def compile_config(cfg, target: Target, devices, layers: int | None = None, eval
     from vlrm_jax.rl.assemble import abstract_step
     from vlrm_jax.sharding import MESH_AXES
 
-    step, parts = abstract_step(cfg, devices, layers=layers)
-    mesh = dict(zip(MESH_AXES, parts["mesh_shape"]))
+    trainer, spec = abstract_step(cfg, devices, layers=layers)
+    mesh = dict(zip(MESH_AXES, spec.mesh_shape))
     progress(f"compiling the training step for {target.name} ({target.slice_name}), mesh {mesh}, "
-             f"{cfg.batch_size} images in {step.cfg.micro_batches} micro-batches"
+             f"{cfg.batch_size} images in {trainer.cfg.micro_batches} micro-batches"
              + (f", {layers} layers per tower" if layers else ""))
-    programs = [_compile("train_step", lower_step(step, cfg.batch_size), dump=dump)] if train else []
+    programs = [_compile("train_step", lower_step(trainer, cfg.batch_size), dump=dump)] if train else []
     if evaluate:
         progress(f"compiling the evaluation's beam search ({cfg.eval.batch_size} images, 5 beams)")
-        lowered, resident = lower_eval(step, cfg)
+        lowered, resident = lower_eval(trainer, cfg)
         programs.append(_compile("eval_beam_search", lowered, resident, dump=dump))
     return Report(config=config_name, topology=target.name, slice=target.slice_name, chips=target.chips, mesh=mesh,
-                  layers=layers, captions_per_step=cfg.batch_size * step.cfg.samples_per_image,
-                  micro_batches=step.cfg.micro_batches, hbm_bytes_per_chip=target.chip.hbm_bytes,
+                  layers=layers, captions_per_step=cfg.batch_size * trainer.cfg.samples_per_image,
+                  micro_batches=trainer.cfg.micro_batches, hbm_bytes_per_chip=target.chip.hbm_bytes,
                   peak_flops=target.chip.peak_flops, hbm_bandwidth=target.chip.hbm_bandwidth,
                   ici_bandwidth=target.chip.ici_bandwidth, programs=programs)
 

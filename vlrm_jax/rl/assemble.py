@@ -23,7 +23,6 @@ from vlrm_jax import sharding
 # model.share_trunk / model.share_ref_lm: "auto" compares loaded weights (an abstract build takes
 # the released checkpoints' facts: the ITM's ViT trunk is the captioner's, the reference LM is the
 # captioner's OPT); "yes" / "no" decide without looking (a "yes" on unequal weights is the user's call).
-SHARE_CHOICES = ("auto", "yes", "no")
 
 
 @dataclasses.dataclass
@@ -36,15 +35,15 @@ class Models:
     clip: Any = None
 
 
-def share_flag(cfg, key: str, abstract: bool) -> bool | None:
-    value = cfg.model[key]
+def share_flag(model, key: str, abstract: bool) -> bool | None:
+    value = getattr(model, key)
     if value == "auto":
         return True if abstract else None
     return value == "yes"
 
 
-def make_step(cfg, parts: dict, models: Models, scorer, devices):
-    """The A2CStep of a validated config (`run.validate`'s parts) on `devices` (the first
+def make_step(spec, models: Models, scorer, devices):
+    """The A2CStep of a validated config (`run.validate`'s RunSpec) on `devices` (the first
     data x fsdp x tensor of them; one device and concrete models: no mesh)."""
     from vlrm_jax.models.value import ValueNetwork
     from vlrm_jax.rl.placement import is_abstract
@@ -52,17 +51,17 @@ def make_step(cfg, parts: dict, models: Models, scorer, devices):
 
     abstract = is_abstract(models.captioner)
     text_cfg = models.captioner.cfg.text
-    make_value = lambda: ValueNetwork(parts["value"], text_cfg, rngs=nnx.Rngs(cfg.seed + 1))  # noqa: E731
+    make_value = lambda: ValueNetwork(spec.value, text_cfg, rngs=nnx.Rngs(spec.seed + 1))  # noqa: E731
     value_net = nnx.eval_shape(make_value) if abstract else make_value()
-    shape = parts["mesh_shape"]
+    shape = spec.mesh_shape
     count = int(np.prod(shape))
     mesh = sharding.make_mesh(shape, devices=list(devices)[:count]) if count > 1 or abstract else None
     lm = models.ref_lm if models.ref_lm is not None else (
-        models.captioner.language_model if cfg.reward.kind == "vlrm" else None)
-    share_ref = True if models.ref_lm is None else share_flag(cfg, "share_ref_lm", abstract)
-    return A2CStep(parts["a2c"], models.captioner, value_net, scorer, parts["rollout"], itm=models.itm,
-                   ref_lm=lm, clip=models.clip, mesh=mesh, rules=parts["rules"],
-                   share_trunk=share_flag(cfg, "share_trunk", abstract), share_ref_lm=share_ref)
+        models.captioner.language_model if spec.reward.kind == "vlrm" else None)
+    share_ref = True if models.ref_lm is None else share_flag(spec.model, "share_ref_lm", abstract)
+    return A2CStep(spec.a2c, models.captioner, value_net, scorer, spec.rollout, itm=models.itm,
+                   ref_lm=lm, clip=models.clip, mesh=mesh, rules=spec.rules,
+                   share_trunk=share_flag(spec.model, "share_trunk", abstract), share_ref_lm=share_ref)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -178,7 +177,7 @@ def abstract_step(cfg, devices, layers: int | None = None):
 
     devices = list(devices)
     processes = len({d.process_index for d in devices})
-    parts = run.validate(cfg, device_count=len(devices), process_count=processes, check_paths=False)
-    models = abstract_models(model_configs(cfg, layers))
-    scorer = shapes_only_scorer(cfg, parts["rollout"], models)
-    return make_step(cfg, parts, models, scorer, devices), parts
+    spec = run.validate(cfg, device_count=len(devices), process_count=processes, check_paths=False)
+    models = abstract_models(model_configs(spec, layers))
+    scorer = shapes_only_scorer(spec, spec.rollout, models)
+    return make_step(spec, models, scorer, devices), spec

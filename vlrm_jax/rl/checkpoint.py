@@ -29,6 +29,9 @@ def _unflat(flat: dict, template):
     return jax.tree_util.tree_unflatten(treedef, [flat[jax.tree_util.keystr(p)] for p, _ in paths])
 
 
+CHECKPOINT_URLS = ("gs://",)  # what orbax's path layer (etils.epath) writes to besides local folders
+
+
 def is_url(path) -> bool:
     return "://" in str(path)
 

@@ -1,4 +1,4 @@
-"""The training loop: a thin driver around `A2CStep.step`.
+"""The training loop: a thin driver around the trainer's jitted step (`A2CStep.step`).
 
 Per step: the next batch of the data stream, one jitted step, metrics to `metrics.jsonl` and
 TensorBoard (`tb/`), every `samples_every` steps a table of sampled captions with their reward
@@ -28,7 +28,8 @@ from tqdm.auto import tqdm
 
 from vlrm_jax import distributed
 from vlrm_jax.metrics import ScalarLog
-from vlrm_jax.rl.checkpoint import Checkpoints, checkpoint_location
+from vlrm_jax.rl.checkpoint import CHECKPOINT_URLS, Checkpoints, checkpoint_location, is_url
+from vlrm_jax.rl.sections import ConfigError, at_least
 from vlrm_jax.rl.step import A2CStep
 from vlrm_jax.rl.state import TrainState
 
@@ -37,7 +38,9 @@ METRICS_FILE = "metrics.jsonl"
 
 @dataclasses.dataclass(frozen=True)
 class LoopConfig:
-    workdir: str
+    """The run config's top-level keys that drive the loop (and the run's seed and batch)."""
+
+    workdir: str  # metrics, samples, TensorBoard, run config: a local or mounted folder
     total_steps: int
     checkpoint_dir: str = ""  # "": WORKDIR/checkpoints; a gs:// URL on pods
     checkpoint_every: int = 100
@@ -48,6 +51,20 @@ class LoopConfig:
     num_samples: int = 8
     eval_every: int = 0  # 0: evaluate only at the end (when an evaluator is given)
     progress: bool = True
+    seed: int = 0
+    batch_size: int = 1  # the rollout batch of one update
+
+    def __post_init__(self):
+        at_least(self, 1, "total_steps", "checkpoint_every", "log_every", "keep_checkpoints", "max_skips_in_row",
+                 "num_samples", "batch_size")
+        at_least(self, 0, "samples_every", "eval_every", "seed")
+        if is_url(self.workdir):
+            raise ConfigError("workdir", f"{self.workdir!r}: metrics, samples and TensorBoard are written through "
+                                         "local paths; use a local or mounted (NFS, gcsfuse) folder, and "
+                                         "checkpoint_dir=gs://... for the checkpoints")
+        if is_url(self.checkpoint_dir) and not self.checkpoint_dir.startswith(CHECKPOINT_URLS):
+            raise ConfigError("checkpoint_dir", f"{self.checkpoint_dir!r}: expected a folder or a URL starting with "
+                                                f"one of {CHECKPOINT_URLS}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,14 +189,14 @@ def write_samples(workdir: Path, step: int, samples, decode, n: int, tb: ScalarL
     return rows
 
 
-def train(step: A2CStep, stream, cfg: LoopConfig, seed: int, hooks: Hooks = Hooks()) -> TrainState:
+def train(trainer: A2CStep, stream, cfg: LoopConfig, seed: int, hooks: Hooks = Hooks()) -> TrainState:
     """Run (or resume) to `cfg.total_steps`; returns the final state, one before `total_steps`
     only when SIGTERM stopped the run (that step saved)."""
     workdir = Path(cfg.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     checkpoints = Checkpoints(checkpoint_location(cfg.workdir, cfg.checkpoint_dir), keep=cfg.keep_checkpoints)
     main = distributed.is_main()
-    state = step.init_state(seed)
+    state = trainer.init_state(seed)
     data_state, skip_offset = None, {}
     if checkpoints.latest_step() is not None:
         state, record = checkpoints.restore(state)
@@ -222,9 +239,9 @@ def train(step: A2CStep, stream, cfg: LoopConfig, seed: int, hooks: Hooks = Hook
         while int(state.step) < cfg.total_steps and not stopping:
             host_batch, data_state = next(batches)
             rows = len(host_batch["pixels"]) * jax.process_count()  # each process holds its own rows
-            batch = step.shard_batch(host_batch, rows)
+            batch = trainer.shard_batch(host_batch, rows)
             start = time.perf_counter()
-            state, metrics, samples = step.step(state, step.frozen, batch)
+            state, metrics, samples = trainer.step(state, trainer.frozen, batch)
             done = int(state.step)  # waits for the step: the time below is the step's
             seconds = time.perf_counter() - start
             last = done == cfg.total_steps

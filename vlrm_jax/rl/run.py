@@ -1,164 +1,158 @@
-"""From a run config (configs/*.py) to the step, the data stream and the loop's hooks.
+"""From a run config (configs/*.py) to the trainer, the data stream and the loop's hooks.
 
-Everything is checked before anything compiles: a wrong type, an impossible value or a missing
-folder raises `ConfigError` naming the key (main.py exits with status 2 on it). Models are read
-from converted folders (`model.source="folders"`) exactly as `Captioner.load` & co. read them;
-`model.source="random"` first writes tiny random folders into the workdir (configs/tiny.py).
+Everything is checked before anything compiles: each section is read into its typed record
+(vlrm_jax/rl/sections.py), then what ties sections together is checked here; a wrong type, an
+impossible value or a missing folder raises `ConfigError` naming the key (main.py exits with
+status 2 on it). Models are read from converted folders (`model.source="folders"`) exactly as
+`Captioner.load` & co. read them; `model.source="random"` first writes tiny random folders into
+the workdir (configs/tiny.py). `train` is the whole run: build, record the config, train.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
-import re
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
+from ml_collections import ConfigDict
 
 from vlrm_jax import sharding
 from vlrm_jax.generate.config import GenerationConfig
 from vlrm_jax.models.value import ValueConfig
-from vlrm_jax.rl.assemble import SHARE_CHOICES
-from vlrm_jax.rl.checkpoint import is_url
 from vlrm_jax.rl.config import A2CConfig
 from vlrm_jax.rl.loop import Hooks, LoopConfig
+from vlrm_jax.rl.sections import (ConfigError, DataConfig, DistributedConfig, EvalConfig, MeshConfig, ModelConfig,
+                                  RewardConfig, typed)
 
-POSITIVE = ("total_steps", "checkpoint_every", "keep_checkpoints", "log_every", "batch_size", "max_skips_in_row")
-NON_NEGATIVE = ("seed", "eval_every", "samples_every")
-REWARDS = ("vlrm", "vlrm_rs", "token_count")
-MODEL_SOURCES = ("folders", "random")
-CHECKPOINT_URLS = ("gs://",)  # what orbax's path layer (etils.epath) writes to besides local folders
+__all__ = ["ConfigError", "RunSpec", "Run", "validate", "build", "train", "distributed_config"]
 
-
-class ConfigError(ValueError):
-    def __init__(self, key: str, why: str):
-        super().__init__(f"config key {key}: {why}")
-        self.key = key
+# config section -> its record; the keys at the top level (other than these and mesh_rules) are LoopConfig's
+SECTIONS = {"mesh": MeshConfig, "distributed": DistributedConfig, "model": ModelConfig, "rollout": GenerationConfig,
+            "reward": RewardConfig, "a2c": A2CConfig, "value": ValueConfig, "data": DataConfig, "eval": EvalConfig}
+RULES_KEY = "mesh_rules"
+FIXED = {"rollout": {"do_sample": True}}  # what a section's record holds that the config does not choose
 
 
-def _int(cfg, key: str, minimum: int) -> int:
-    value = cfg[key]
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(key, f"expected an integer, got {value!r}")
-    if value < minimum:
-        raise ConfigError(key, f"must be >= {minimum}, got {value}")
-    return value
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """A validated run config: one typed record per section, the mesh resolved against the
+    devices (data, fsdp, tensor) and the sharding rules as a table."""
+
+    loop: LoopConfig
+    mesh: MeshConfig
+    distributed: DistributedConfig
+    model: ModelConfig
+    rollout: GenerationConfig
+    reward: RewardConfig
+    a2c: A2CConfig
+    value: ValueConfig
+    data: DataConfig
+    eval: EvalConfig
+    mesh_shape: tuple[int, ...]
+    rules: tuple
+
+    @property
+    def seed(self) -> int:
+        return self.loop.seed
+
+    @property
+    def batch_size(self) -> int:
+        return self.loop.batch_size
 
 
-def _dataclass(cls, fields: dict, prefix: str):
-    known = {f.name for f in dataclasses.fields(cls)}
-    for name in fields:
-        if name not in known:
-            raise ConfigError(f"{prefix}.{name}", f"unknown; expected one of {sorted(known)}")
-    try:
-        return cls(**fields)
-    except (TypeError, ValueError) as e:
-        # the field the message names as a word (estimator is not kl_estimator)
-        name = next((n for n in fields if re.search(rf"\b{n}\b", str(e))), "")
-        raise ConfigError(f"{prefix}.{name}" if name else prefix, str(e)) from None
+class Run(NamedTuple):
+    """What `build` makes of a config: the trainer (an A2CStep), the data stream, the loop's
+    config and hooks, and the captioner's folder (written first for model.source="random")."""
+
+    trainer: Any
+    stream: Any
+    loop: LoopConfig
+    hooks: Hooks
+    captioner_dir: str
 
 
-def _folder(cfg, key: str, kind: str | None = None) -> str:
-    path = cfg.model[key]
-    if not path:
-        raise ConfigError(f"model.{key}", "no folder given")
-    config = os.path.join(path, "config.json")
-    if not os.path.isfile(config):
-        raise ConfigError(f"model.{key}", f"{path!r} is not a model folder (no config.json)")
-    if kind is not None:
-        found = json.loads(Path(config).read_text()).get("kind")
-        if found != kind:
-            raise ConfigError(f"model.{key}", f"{path!r} holds a {found!r} model, expected {kind!r}")
-    return path
+def distributed_config(cfg) -> DistributedConfig:
+    """The `distributed` section, checked before jax is initialised (so before `validate`)."""
+    return typed(DistributedConfig, cfg.distributed, "distributed")
 
 
 def validate(cfg, device_count: int | None = None, process_count: int | None = None,
-             check_paths: bool = True) -> dict:
-    """The typed parts of a run config; raises ConfigError naming the first bad key. The mesh is
-    checked against this machine's devices and processes unless others are given (a compile
-    target's); check_paths=False leaves folders and data sources unread (a step built from
-    shapes alone)."""
-    from vlrm_jax.checkpoint import kinds
-
-    for key in POSITIVE:
-        _int(cfg, key, 1)
-    for key in NON_NEGATIVE:
-        _int(cfg, key, 0)
-    a2c = _dataclass(A2CConfig, dict(cfg.a2c), "a2c")
-    value = _dataclass(ValueConfig, dict(cfg.value), "value")
-    rollout = _dataclass(GenerationConfig, {**dict(cfg.rollout), "do_sample": True}, "rollout")
-    if cfg.batch_size % a2c.micro_batches:
-        raise ConfigError("batch_size", f"{cfg.batch_size} does not split into a2c.micro_batches={a2c.micro_batches}")
-    shape = _mesh(cfg, jax.device_count() if device_count is None else device_count,
+             check_paths: bool = True) -> RunSpec:
+    """The config as a RunSpec; raises ConfigError naming the first bad key. The mesh is checked
+    against this machine's devices and processes unless others are given (a compile target's);
+    check_paths=False leaves folders and data sources unread (a step built from shapes alone)."""
+    sections = {name: typed(cls, cfg[name], name, FIXED.get(name)) for name, cls in SECTIONS.items()}
+    top = {key: cfg[key] for key in cfg if key not in SECTIONS and key != RULES_KEY}
+    loop = typed(LoopConfig, top, "")
+    shape = _mesh(sections["mesh"], jax.device_count() if device_count is None else device_count,
                   jax.process_count() if process_count is None else process_count)
-    rules = _rules_table(cfg)
-    split = shape[0] * shape[1]  # data x fsdp: the batch axes
-    if cfg.batch_size % split:
-        raise ConfigError("batch_size", f"{cfg.batch_size} images do not divide over data x fsdp = {split} devices")
-    captions = cfg.batch_size * a2c.samples_per_image
+    spec = RunSpec(loop=loop, mesh_shape=shape, rules=_rules_table(cfg[RULES_KEY]), **sections)
+    _check_batch(spec)
+    if check_paths:
+        _check_paths(spec)
+    return spec
+
+
+def _check_batch(spec: RunSpec) -> None:
+    """The rollout batch against the micro-batches, the minibatches and the batch axes of the mesh."""
+    a2c, batch = spec.a2c, spec.batch_size
+    if batch % a2c.micro_batches:
+        raise ConfigError("batch_size", f"{batch} does not split into a2c.micro_batches={a2c.micro_batches}")
+    split = spec.mesh_shape[0] * spec.mesh_shape[1]  # data x fsdp: the batch axes
+    if batch % split:
+        raise ConfigError("batch_size", f"{batch} images do not divide over data x fsdp = {split} devices")
+    captions = batch * a2c.samples_per_image
     if captions % (a2c.minibatches * a2c.micro_batches):
         raise ConfigError("batch_size", f"{captions} captions per rollout do not split into a2c.minibatches="
                                         f"{a2c.minibatches} x a2c.micro_batches={a2c.micro_batches}")
     rows = captions // (a2c.minibatches * a2c.micro_batches)
     if rows % split:
         raise ConfigError("batch_size", f"a micro-batch of {rows} captions does not divide over data x fsdp = "
-                                        f"{split} devices (mesh {dict(zip(sharding.MESH_AXES, shape))})")
-    if is_url(cfg.workdir):
-        raise ConfigError("workdir", f"{cfg.workdir!r}: metrics, samples and TensorBoard are written through local "
-                                     "paths; use a local or mounted (NFS, gcsfuse) folder, and "
-                                     "checkpoint_dir=gs://... for the checkpoints")
-    if is_url(cfg.checkpoint_dir) and not cfg.checkpoint_dir.startswith(CHECKPOINT_URLS):
-        raise ConfigError("checkpoint_dir", f"{cfg.checkpoint_dir!r}: expected a folder or a URL starting with "
-                                            f"one of {CHECKPOINT_URLS}")
-    if cfg.reward.kind not in REWARDS:
-        raise ConfigError("reward.kind", f"{cfg.reward.kind!r}: expected one of {REWARDS}")
-    for key in ("sim", "rs"):
-        weight = cfg.reward.weights[key]
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
-            raise ConfigError(f"reward.weights.{key}", f"expected a number >= 0, got {weight!r}")
-    if cfg.model.source not in MODEL_SOURCES:
-        raise ConfigError("model.source", f"{cfg.model.source!r}: expected one of {MODEL_SOURCES}")
-    for key in ("share_trunk", "share_ref_lm"):
-        if cfg.model[key] not in SHARE_CHOICES:
-            raise ConfigError(f"model.{key}", f"{cfg.model[key]!r}: expected one of {SHARE_CHOICES}")
-    if not check_paths:
-        return dict(a2c=a2c, value=value, rollout=rollout, mesh_shape=shape, rules=rules)
-    if cfg.model.source == "folders":
-        _folder(cfg, "captioner", kinds.BLIP2_OPT)
-        if cfg.reward.kind != "token_count":
-            _folder(cfg, "itm", kinds.BLIP2_ITM)
-        if cfg.model.ref_lm:
-            _folder(cfg, "ref_lm")
-        if cfg.reward.kind == "vlrm_rs":
-            _folder(cfg, "clip", kinds.OPEN_CLIP)
-    if isinstance(cfg.eval.no_repeat_ngram_size, bool) or not isinstance(cfg.eval.no_repeat_ngram_size, int) \
-            or cfg.eval.no_repeat_ngram_size < 0:
-        raise ConfigError("eval.no_repeat_ngram_size", f"expected an integer >= 0, got {cfg.eval.no_repeat_ngram_size!r}")
-    if cfg.eval.source:
-        if not cfg.eval.clip:
-            raise ConfigError("eval.clip", "evaluation needs the OpenCLIP folder that ranks the captions")
-        if not cfg.eval.source.startswith("tfds:") and not os.path.isdir(cfg.eval.source):
-            raise ConfigError("eval.source", f"{cfg.eval.source!r} is no folder")
-    if cfg.data.source != "random" and not cfg.data.source.startswith("tfds:") and "*" not in cfg.data.source \
-            and not os.path.exists(cfg.data.source):
-        raise ConfigError("data.source", f"{cfg.data.source!r} does not exist")
-    return dict(a2c=a2c, value=value, rollout=rollout, mesh_shape=shape, rules=rules)
+                                        f"{split} devices (mesh {dict(zip(sharding.MESH_AXES, spec.mesh_shape))})")
 
 
-def _mesh(cfg, present: int, processes: int) -> tuple[int, ...]:
+def _check_paths(spec: RunSpec) -> None:
+    """The folders the config names hold the models it needs, and the data sources exist."""
+    from vlrm_jax.checkpoint import kinds
+
+    model, reward = spec.model, spec.reward
+    if model.source == "folders":
+        _folder(model, "captioner", kinds.BLIP2_OPT)
+        if reward.kind != "token_count":
+            _folder(model, "itm", kinds.BLIP2_ITM)
+        if model.ref_lm:
+            _folder(model, "ref_lm")
+        if reward.kind == "vlrm_rs":
+            _folder(model, "clip", kinds.OPEN_CLIP)
+    source = spec.eval.source
+    if source and not source.startswith("tfds:") and not os.path.isdir(source):
+        raise ConfigError("eval.source", f"{source!r} is no folder")
+    source = spec.data.source
+    if source != "random" and not source.startswith("tfds:") and "*" not in source and not os.path.exists(source):
+        raise ConfigError("data.source", f"{source!r} does not exist")
+
+
+def _folder(model: ModelConfig, field: str, kind: str | None = None) -> str:
+    path = getattr(model, field)
+    if not path:
+        raise ConfigError(f"model.{field}", "no folder given")
+    config = os.path.join(path, "config.json")
+    if not os.path.isfile(config):
+        raise ConfigError(f"model.{field}", f"{path!r} is not a model folder (no config.json)")
+    if kind is not None:
+        found = json.loads(Path(config).read_text()).get("kind")
+        if found != kind:
+            raise ConfigError(f"model.{field}", f"{path!r} holds a {found!r} model, expected {kind!r}")
+    return path
+
+
+def _mesh(mesh: MeshConfig, present: int, processes: int) -> tuple[int, ...]:
     """(data, fsdp, tensor) sizes. One process may use fewer devices than it has (the first
     ones); several processes must use every device, since each must hold part of the mesh."""
-    sizes = dict(cfg.mesh)
-    for name in sizes:
-        if name not in sharding.MESH_AXES:
-            raise ConfigError(f"mesh.{name}", f"unknown mesh axis; expected {sharding.MESH_AXES}")
-    for name in sharding.MESH_AXES:
-        value = sizes.get(name)
-        if isinstance(value, bool) or not isinstance(value, int) or not (value == -1 or value >= 1):
-            raise ConfigError(f"mesh.{name}", f"expected an integer >= 1 or -1 (the rest of the devices), got {value!r}")
-    if list(sizes.values()).count(-1) > 1:
-        raise ConfigError("mesh", f"{sizes}: at most one size may be -1")
+    sizes = dataclasses.asdict(mesh)
     fixed = int(np.prod([v for v in sizes.values() if v != -1]))
     total = present if -1 in sizes.values() else fixed
     if total > present or (processes > 1 and total != present):
@@ -170,36 +164,13 @@ def _mesh(cfg, present: int, processes: int) -> tuple[int, ...]:
         raise ConfigError("mesh", str(e)) from None
 
 
-def _rules_table(cfg) -> tuple:
-    rules = tuple(tuple(r) if isinstance(r, (list, tuple)) else r for r in cfg.mesh_rules)
+def _rules_table(rules) -> tuple:
+    rules = tuple(tuple(r) if isinstance(r, (list, tuple)) else r for r in rules)
     try:
         sharding.check_rules(rules)
     except ValueError as e:
-        raise ConfigError("mesh_rules", str(e)) from None
+        raise ConfigError(RULES_KEY, str(e)) from None
     return tuple((name, tuple(t) if isinstance(t, list) else t) for name, t in rules)
-
-
-def check_distributed(cfg) -> None:
-    """The `distributed` keys, checked before jax is initialised (so before `validate`)."""
-    d = cfg.distributed
-    known = {"enabled", "coordinator_address", "num_processes", "process_id", "cpu_collectives", "timeout_s"}
-    for name in d:
-        if name not in known:
-            raise ConfigError(f"distributed.{name}", f"unknown; expected one of {sorted(known)}")
-    if not isinstance(d.enabled, bool):
-        raise ConfigError("distributed.enabled", f"expected True or False, got {d.enabled!r}")
-    for name, minimum in (("num_processes", 0), ("process_id", -1), ("timeout_s", 1)):
-        value = d[name]
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ConfigError(f"distributed.{name}", f"expected an integer >= {minimum}, got {value!r}")
-    explicit = [bool(d.coordinator_address), d.num_processes > 0, d.process_id >= 0]
-    if any(explicit) and not all(explicit):
-        raise ConfigError("distributed", "give coordinator_address, num_processes and process_id together, "
-                                         "or none of them (jax then detects the cluster)")
-    if all(explicit) and d.process_id >= d.num_processes:
-        raise ConfigError("distributed.process_id", f"{d.process_id} not below num_processes={d.num_processes}")
-    if d.cpu_collectives not in ("gloo", "mpi", "none"):
-        raise ConfigError("distributed.cpu_collectives", f"{d.cpu_collectives!r}: expected gloo, mpi or none")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -253,19 +224,19 @@ def random_captioner_tokenizer(vocab_size: int):
     return word_level_tokenizer(world_words(), vocab_size)
 
 
-def _random_captioner_once(cfg) -> str:
+def _random_captioner_once(spec: RunSpec) -> str:
     """The tiny random captioner folder, written by process 0 first (orbax on its own, see
     model_dir); the others then find it on a shared disk or write the same folder themselves."""
     from vlrm_jax import distributed
 
-    folder = Path(cfg.workdir) / "models" / "captioner"
+    folder = Path(spec.loop.workdir) / "models" / "captioner"
     if distributed.is_main():
-        write_random_captioner(cfg.model, folder)
+        write_random_captioner(spec.model, folder)
     distributed.barrier("random_captioner")
-    return write_random_captioner(cfg.model, folder)
+    return write_random_captioner(spec.model, folder)
 
 
-def _rules(reward):
+def _rules(reward: RewardConfig):
     from vlrm_jax.rewards.penalties import PenaltyRules
 
     base = PenaltyRules.from_files(reward.bad_phrases or None, reward.exempt_words or None)
@@ -273,33 +244,33 @@ def _rules(reward):
                         base.penalise_years)
 
 
-def _scorer(cfg, rollout, captioner, clip):
+def _scorer(spec: RunSpec, captioner, clip):
     from transformers import AutoTokenizer
 
     from vlrm_jax.rl.assemble import reward_scorer
 
     text = captioner.module.cfg.text
-    if cfg.reward.kind == "token_count":  # no tokenizer to read
-        return reward_scorer(cfg, rollout, text)
-    return reward_scorer(cfg, rollout, text, captioner.tokenizer, AutoTokenizer.from_pretrained(cfg.model.itm),
+    if spec.reward.kind == "token_count":  # no tokenizer to read
+        return reward_scorer(spec, spec.rollout, text)
+    return reward_scorer(spec, spec.rollout, text, captioner.tokenizer, AutoTokenizer.from_pretrained(spec.model.itm),
                          clip.tokenizer if clip is not None else None,
-                         clip.context_length if clip is not None else 77, _rules(cfg.reward))
+                         clip.context_length if clip is not None else 77, _rules(spec.reward))
 
 
-def _evaluator(cfg, step, captioner_dir: str):
+def _evaluator(settings: EvalConfig, trainer, captioner_dir: str):
     """CLIP Recall of the current policy on the held-out source, captions by the paper's beam."""
     from vlrm_jax.api import Captioner
     from vlrm_jax.clip_api import ClipModel
     from vlrm_jax.eval.clip_eval import collect, recall_table
     from vlrm_jax.evaluate import open_source
 
-    clip = ClipModel.load(cfg.eval.clip)
-    generation = dataclasses.asdict(GenerationConfig.paper_inference(no_repeat_ngram_size=cfg.eval.no_repeat_ngram_size))
+    clip = ClipModel.load(settings.clip)
+    generation = dataclasses.asdict(GenerationConfig.paper_inference(no_repeat_ngram_size=settings.no_repeat_ngram_size))
 
     def evaluate(state, done: int) -> dict:
-        captioner = Captioner(step.policy_module(state), captioner_dir)
-        data = collect(open_source(cfg.eval.source), clip, captioner, batch_size=cfg.eval.batch_size,
-                       limit=cfg.eval.limit or None, progress=False, generation=generation)
+        captioner = Captioner(trainer.policy_module(state), captioner_dir)
+        data = collect(open_source(settings.source), clip, captioner, batch_size=settings.batch_size,
+                       limit=settings.limit or None, progress=False, generation=generation)
         return recall_table(clip, data, name="policy")["policy"]
 
     return evaluate
@@ -318,50 +289,63 @@ def _check_vocabulary(key: str, folder: str, vocab_size: int) -> None:
         raise ConfigError(key, f"{path} has {n} tokens, more than the model's vocabulary of {vocab_size}")
 
 
-def build(cfg):
-    """(A2CStep, data stream, LoopConfig, Hooks) of a validated config."""
+def build(cfg: ConfigDict) -> Run:
+    """The Run of a config (validated first)."""
     from vlrm_jax.api import Captioner, ItmScorer, ReferenceLM
     from vlrm_jax.clip_api import ClipModel
     from vlrm_jax.rl.assemble import Models, make_step
     from vlrm_jax.rl.data import ImageStream, RandomStream, open_training_source
 
-    parts = validate(cfg)
-    captioner_dir = cfg.model.captioner
-    if cfg.model.source == "random":
-        captioner_dir = _random_captioner_once(cfg)
-    dtype = cfg.model.dtype or None
+    spec = validate(cfg)
+    model, kind = spec.model, spec.reward.kind
+    captioner_dir = _random_captioner_once(spec) if model.source == "random" else model.captioner
+    dtype = model.dtype or None
     captioner = Captioner.load(captioner_dir, dtype=dtype, param_dtype=dtype)
-    itm = ItmScorer.load(cfg.model.itm, dtype=dtype, param_dtype=dtype) if cfg.reward.kind != "token_count" else None
+    itm = ItmScorer.load(model.itm, dtype=dtype, param_dtype=dtype) if kind != "token_count" else None
     ref_lm = None
-    if cfg.reward.kind == "vlrm":  # "" -> the captioner's own OPT (shared, held once)
-        ref_lm = ReferenceLM.load(cfg.model.ref_lm, dtype=dtype, param_dtype=dtype) if cfg.model.ref_lm else None
-    clip = ClipModel.load(cfg.model.clip, dtype=dtype, param_dtype=dtype) if cfg.reward.kind == "vlrm_rs" else None
+    if kind == "vlrm":  # "" -> the captioner's own OPT (shared, held once)
+        ref_lm = ReferenceLM.load(model.ref_lm, dtype=dtype, param_dtype=dtype) if model.ref_lm else None
+    clip = ClipModel.load(model.clip, dtype=dtype, param_dtype=dtype) if kind == "vlrm_rs" else None
     _check_vocabulary("model.captioner", captioner_dir, captioner.module.cfg.text.vocab_size)
     if itm is not None:
-        _check_vocabulary("model.itm", cfg.model.itm, itm.module.cfg.qformer.vocab_size)
-    scorer = _scorer(cfg, parts["rollout"], captioner, clip)
-    # no separate reference LM: the captioner's own OPT, held once
+        _check_vocabulary("model.itm", model.itm, itm.module.cfg.qformer.vocab_size)
+    scorer = _scorer(spec, captioner, clip)
     models = Models(captioner.module, itm.module if itm else None, ref_lm.module if ref_lm else None,
                     clip.module if clip else None)
-    step = make_step(cfg, parts, models, scorer, jax.devices())
-    shape = parts["mesh_shape"]
-    rows = step.process_rows(cfg.batch_size)  # this process's share of every batch
-    if (rows.stop - rows.start) * jax.process_count() != cfg.batch_size:
-        raise ConfigError("mesh", f"{dict(zip(sharding.MESH_AXES, shape))}: processes share rows of the batch "
-                                  f"(this one holds {rows.start}..{rows.stop} of {cfg.batch_size}); put every "
+    trainer = make_step(spec, models, scorer, jax.devices())
+    batch = spec.batch_size
+    rows = trainer.process_rows(batch)  # this process's share of every batch
+    if (rows.stop - rows.start) * jax.process_count() != batch:
+        raise ConfigError("mesh", f"{dict(zip(sharding.MESH_AXES, spec.mesh_shape))}: processes share rows of the "
+                                  f"batch (this one holds {rows.start}..{rows.stop} of {batch}); put every "
                                   "process on its own rows (data x fsdp a multiple of the process count)")
     size = captioner.module.cfg.vision.image_size
-    if cfg.data.source == "random":
-        stream = RandomStream(cfg.seed, cfg.batch_size, size, rows=rows)
+    data = spec.data
+    if data.source == "random":
+        stream = RandomStream(spec.seed, batch, size, rows=rows)
     else:  # the source reads this process's part of the data (split by jax.process_index)
-        source = open_training_source(cfg.data.source, cfg.seed, cfg.data.workers, cfg.data.min_side)
+        source = open_training_source(data.source, spec.seed, data.workers, data.min_side)
         stream = ImageStream(source, rows.stop - rows.start, size, clip.preprocess_config if clip is not None else None)
-    loop = LoopConfig(workdir=cfg.workdir, checkpoint_dir=cfg.checkpoint_dir, total_steps=cfg.total_steps,
-                      checkpoint_every=cfg.checkpoint_every,
-                      log_every=cfg.log_every, keep_checkpoints=cfg.keep_checkpoints,
-                      max_skips_in_row=cfg.max_skips_in_row, samples_every=cfg.samples_every,
-                      eval_every=cfg.eval_every)
     has_tokenizer = os.path.isfile(os.path.join(captioner_dir, "tokenizer_config.json"))
     hooks = Hooks(decode=captioner.decode if has_tokenizer else None,
-                  evaluate=_evaluator(cfg, step, captioner_dir) if cfg.eval.source else None)
-    return step, stream, loop, hooks, captioner_dir
+                  evaluate=_evaluator(spec.eval, trainer, captioner_dir) if spec.eval.source else None)
+    return Run(trainer, stream, spec.loop, hooks, captioner_dir)
+
+
+def train(cfg: ConfigDict, resume=None, progress: bool = True):
+    """The whole run of a config: build it, record the config in the workdir (and, for a resume
+    under an allowed change, the change in its history), then train to total_steps or SIGTERM.
+    resume: run_config.check_resume's verdict (None: not checked, a fresh or unchanged start).
+    Returns the final TrainState."""
+    from vlrm_jax import distributed
+    from vlrm_jax.rl import loop, run_config
+    from vlrm_jax.rl.checkpoint import checkpoint_location
+
+    run = build(cfg)
+    if resume is not None:
+        run_config.append_history(cfg, resume)  # after build: a start that fails to build records nothing
+    run_config.save_run_config(cfg, run.captioner_dir)
+    if distributed.is_main() and resume is not None and resume.step is not None:
+        print(f"main.py: resuming from step {resume.step} ({checkpoint_location(run.loop.workdir, run.loop.checkpoint_dir)})",
+              flush=True)
+    return loop.train(run.trainer, run.stream, dataclasses.replace(run.loop, progress=progress), run.loop.seed, run.hooks)

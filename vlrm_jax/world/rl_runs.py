@@ -57,9 +57,7 @@ def train_policy(root: Path, kind: str, smoke: bool, progress: bool = True) -> P
 
 def train_and_export(cfg, policy: Path, progress: bool = True) -> Path:
     """Train (or resume, or reuse) the run `cfg` describes and export its policy to `policy`."""
-    import dataclasses
-
-    from vlrm_jax.rl import loop, run, run_config
+    from vlrm_jax.rl import run, run_config
     from vlrm_jax.rl.export import export
 
     workdir = Path(cfg.workdir)
@@ -70,9 +68,7 @@ def train_and_export(cfg, policy: Path, progress: bool = True) -> Path:
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     models.write_text(json.dumps(fingerprint, indent=1, sort_keys=True) + "\n")
-    step, stream, loop_cfg, hooks, captioner_dir = run.build(cfg)
-    run_config.save_run_config(cfg, captioner_dir)
-    loop.train(step, stream, dataclasses.replace(loop_cfg, progress=progress), cfg.seed, hooks)
+    run.train(cfg, progress=progress)
     export(str(workdir), str(policy), overwrite=True)
     return Path(policy)
 

@@ -12,7 +12,7 @@ from vlrm_jax.models.itm import ItmConfig
 from vlrm_jax.models.opt import OPTConfig
 from vlrm_jax.models.qformer import QFormerConfig
 from vlrm_jax.ops import next_token_loss
-from vlrm_jax.training import step_rng
+from vlrm_jax.world.pretrain.supervised import step_rng
 from vlrm_jax.world import shapes
 from vlrm_jax.world.pretrain.inputs import blip2_pixels, load_tokenizer, opt_ids, tokenizer_files, vision_states
 from vlrm_jax.world.pretrain.loop import fan_in_init, train_phase

@@ -15,7 +15,7 @@ from flax import nnx
 from vlrm_jax.checkpoint import kinds
 from vlrm_jax.checkpoint.open_clip_files import preprocess_config, write_side_files
 from vlrm_jax.ops import l2_normalize
-from vlrm_jax.training import step_rng
+from vlrm_jax.world.pretrain.supervised import step_rng
 from vlrm_jax.world import shapes
 from vlrm_jax.world.pretrain.encoder import clip_vision_tokens, pretrain_encoder, vision_metrics
 from vlrm_jax.world.pretrain.inputs import clip_pixels

@@ -10,7 +10,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from vlrm_jax.training import step_rng
+from vlrm_jax.world.pretrain.supervised import step_rng
 from vlrm_jax.world import shapes
 from vlrm_jax.world.pretrain.loop import train_phase
 from vlrm_jax.world.pretrain.record import StageContext

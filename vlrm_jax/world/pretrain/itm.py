@@ -16,7 +16,7 @@ from vlrm_jax.checkpoint import kinds
 from vlrm_jax.models.itm import Blip2Itm, ItmConfig
 from vlrm_jax.models.qformer import QFormerConfig
 from vlrm_jax.models.vit import VisionConfig
-from vlrm_jax.training import step_rng
+from vlrm_jax.world.pretrain.supervised import step_rng
 from vlrm_jax.world import shapes
 from vlrm_jax.world.language import (Description, add_confusable, complete_description, corrupt, empty_cells,
                                      match_target, misplace, mispair, partial_description, render_description, terse_description)

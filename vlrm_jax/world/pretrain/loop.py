@@ -1,4 +1,4 @@
-"""What every stage does around vlrm_jax.training.fit: loss curves under the stage's name, and
+"""What every stage does around vlrm_jax.world.pretrain.supervised.fit: loss curves under the stage's name, and
 the initialisation of the layers it trains from scratch."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 from flax import nnx
 
 from vlrm_jax.metrics import ScalarLog
-from vlrm_jax.training import fit
+from vlrm_jax.world.pretrain.supervised import fit
 from vlrm_jax.world.pretrain.plots import plot_losses
 from vlrm_jax.world.pretrain.record import LOG_EVERY, StageContext
 

@@ -9,7 +9,7 @@ from flax import nnx
 from vlrm_jax.checkpoint import kinds
 from vlrm_jax.models.opt import OPTConfig, OPTForCausalLM
 from vlrm_jax.ops import next_token_loss
-from vlrm_jax.training import step_rng
+from vlrm_jax.world.pretrain.supervised import step_rng
 from vlrm_jax.world import shapes
 from vlrm_jax.world.language import partial_description, render_description
 from vlrm_jax.world.pretrain.inputs import load_tokenizer, opt_ids, tokenizer_files

@@ -8,9 +8,9 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from vlrm_jax.metrics import ScalarLog
-from vlrm_jax.training.log import LossLog
-from vlrm_jax.training.optimizer import make_optimizer
-from vlrm_jax.training.state import make_train_step, split_trainable
+from vlrm_jax.world.pretrain.supervised.log import LossLog
+from vlrm_jax.world.pretrain.supervised.optimizer import make_optimizer
+from vlrm_jax.world.pretrain.supervised.state import make_train_step, split_trainable
 
 
 def fit(model: nnx.Module, loss_fn: Callable, batch_at: Callable[[int], dict], steps: int, opt_cfg,

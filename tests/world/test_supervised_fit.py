@@ -7,7 +7,7 @@ import numpy as np
 from flax import nnx
 
 from vlrm_jax.metrics import ScalarLog
-from vlrm_jax.training import LossLog, fit, step_key, step_rng
+from vlrm_jax.world.pretrain.supervised import LossLog, fit, step_key, step_rng
 
 
 class _Two(nnx.Module):
