@@ -5,7 +5,7 @@ import dataclasses
 
 import pytest
 
-from vlrm_jax.config_utils import load_config
+from tests.rl.test_faults import _cfg
 from vlrm_jax.rl import run
 from vlrm_jax.rl.defaults import base_config
 from vlrm_jax.rl.loop import LoopConfig
@@ -13,15 +13,7 @@ from vlrm_jax.rl.sections import ConfigError, RewardConfig, typed
 
 
 def _tiny(**overrides):
-    cfg = load_config("tiny")
-    cfg.mesh.data = 1
-    for key, value in overrides.items():
-        target = cfg
-        *parents, leaf = key.split(".")
-        for p in parents:
-            target = target[p]
-        target[leaf] = value
-    return cfg
+    return _cfg("runs/x", **overrides)
 
 
 def test_every_default_key_is_a_field_of_its_record():
