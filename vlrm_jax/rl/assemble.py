@@ -43,7 +43,7 @@ def share_flag(model, key: str, abstract: bool) -> bool | None:
 
 
 def make_step(spec, models: Models, scorer, devices):
-    """The A2CStep of a validated config (`run.validate`'s RunSpec) on `devices` (the first
+    """The A2CStep of a validated config (`spec.validate`'s RunSpec) on `devices` (the first
     data x fsdp x tensor of them; one device and concrete models: no mesh)."""
     from vlrm_jax.models.value import ValueNetwork
     from vlrm_jax.rl.placement import is_abstract
@@ -171,13 +171,13 @@ def shapes_only_scorer(cfg, rollout, models: Models):
 
 def abstract_step(cfg, devices, layers: int | None = None):
     """The config's A2CStep over `devices` (e.g. a TPU topology's), from shapes alone: the same
-    checks as main.py (`run.validate`, the device count from `devices`), no folder or tokenizer
+    checks as main.py (`spec.validate`, the device count from `devices`), no folder or tokenizer
     read beyond the config.json of the folders that exist."""
-    from vlrm_jax.rl import run
+    from vlrm_jax.rl.spec import validate
 
     devices = list(devices)
     processes = len({d.process_index for d in devices})
-    spec = run.validate(cfg, device_count=len(devices), process_count=processes, check_paths=False)
+    spec = validate(cfg, device_count=len(devices), process_count=processes, check_paths=False)
     models = abstract_models(model_configs(spec, layers))
     scorer = shapes_only_scorer(spec, spec.rollout, models)
     return make_step(spec, models, scorer, devices), spec
