@@ -17,17 +17,23 @@ import time
 import numpy as np
 
 
+def _best_seconds(run, tries: int) -> float:
+    """The shortest of `tries` timed calls of `run` (after one untimed call: compile, warm-up)."""
+    run()
+    best = float("inf")
+    for _ in range(tries):
+        t = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
 def copy_bandwidth(mb: int = 512, tries: int = 3) -> float:
     """Host memory bandwidth in bytes/s: best of `tries` numpy copies of an `mb` MB float32 array,
     counting the bytes read and written (2x the array)."""
     src = np.ones(mb * 2**20 // 4, np.float32)
     dst = np.empty_like(src)
-    best = float("inf")
-    for _ in range(tries):
-        t = time.perf_counter()
-        np.copyto(dst, src)
-        best = min(best, time.perf_counter() - t)
-    return 2 * src.nbytes / best
+    return 2 * src.nbytes / _best_seconds(lambda: np.copyto(dst, src), tries)
 
 
 def device_copy_bandwidth(mb: int = 512, tries: int = 3) -> float:
@@ -37,13 +43,7 @@ def device_copy_bandwidth(mb: int = 512, tries: int = 3) -> float:
 
     x = jnp.ones(mb * 2**20 // 4, jnp.float32)
     copy = jax.jit(lambda a: a + 0.0)
-    copy(x).block_until_ready()
-    best = float("inf")
-    for _ in range(tries):
-        t = time.perf_counter()
-        copy(x).block_until_ready()
-        best = min(best, time.perf_counter() - t)
-    return 2 * x.nbytes / best
+    return 2 * x.nbytes / _best_seconds(lambda: copy(x).block_until_ready(), tries)
 
 
 def matmul_peak(n: int = 2048, tries: int = 3) -> float:
@@ -54,13 +54,7 @@ def matmul_peak(n: int = 2048, tries: int = 3) -> float:
 
     a = jnp.ones((n, n), jnp.float32)
     mm = jax.jit(lambda x: x @ x)
-    mm(a).block_until_ready()
-    best = float("inf")
-    for _ in range(tries):
-        t = time.perf_counter()
-        mm(a).block_until_ready()
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best
+    return 2 * n**3 / _best_seconds(lambda: mm(a).block_until_ready(), tries)
 
 
 def decode_flops(rows: int, layers: int, hidden: int, ffn: int, vocab: int, prompt: int, new_tokens: int) -> float:

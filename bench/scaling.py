@@ -1,6 +1,6 @@
 """Memory and time per chip of one paper-sized step (4096 captions of 60 tokens, BLIP2-OPT-2.7B +
 BLIP2-ITM ViT-g) on pod slices and GPU nodes: a projection from the analytic FLOPs of
-bench/train_step.py (`caption_flops`) and the parameter counts of the released shapes, for
+bench/flops.py (`caption_flops`) and the parameter counts of the released shapes, for
 docs/scaling.md.
 
     python bench/scaling.py [--mfu 0.4] [--captions 4096] [--variant vlrm|vlrm_rs]
@@ -16,8 +16,7 @@ import os
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "bench"))
+sys.path.insert(0, ROOT)  # `python bench/scaling.py` imports bench.* from the repository root
 
 GIB = 2 ** 30
 NEW_TOKENS = 60
@@ -115,12 +114,13 @@ def main(argv=None):
     p.add_argument("--variant", default="vlrm", choices=["vlrm", "vlrm_rs"])
     args = p.parse_args(argv)
 
-    import train_step as ts
+    from bench import flops as bench_flops
+    from bench.step_shapes import SHAPES, hf_configs
     from vlrm_jax.models.value import ValueConfig
 
-    shape = ts.SHAPES["released"]
-    cap_cfg, itm_cfg = ts.hf_configs(shape)
-    flops = ts.caption_flops(cap_cfg, itm_cfg, ValueConfig(), NEW_TOKENS, args.variant, shape["clip"])
+    shape = SHAPES["released"]
+    cap_cfg, itm_cfg = hf_configs(shape)
+    flops = bench_flops.caption_flops(cap_cfg, itm_cfg, ValueConfig(), NEW_TOKENS, args.variant, shape["clip"])
     counts = parameter_counts()
     if args.variant == "vlrm_rs":
         counts["clip"] = clip_parameters(shape["clip"])

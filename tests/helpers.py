@@ -39,22 +39,6 @@ def hf_layout(ids, mask, num_query: int, image_token: int):
     return np.take_along_axis(full_ids, order, 1), np.take_along_axis(full_mask, order, 1)
 
 
-def source_from_state_dict(state_dict):
-    """A converter TensorSource over an in-memory torch state dict (no round trip to disk);
-    bf16 tensors come out as ml_dtypes.bfloat16 arrays."""
-    import ml_dtypes
-    import torch
-
-    from convert.sources import TensorSource
-
-    def to_numpy(t):
-        t = t.detach().cpu()
-        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16) if t.dtype == torch.bfloat16 else t.numpy()
-
-    return TensorSource({k: (lambda t=v: to_numpy(t)) for k, v in state_dict.items()},
-                        {k: tuple(v.shape) for k, v in state_dict.items()}, "memory")
-
-
 def hf_new_tokens(hf, pixels, **kw):
     """transformers' BLIP2 `generate` from channels-last pixels: the new tokens only, padded to
     max_new_tokens with the pad id (the project's fixed-width layout)."""

@@ -113,6 +113,7 @@ def test_the_readme_python_block_runs_as_written(path, clip_folder, tmp_path):
     """README's Python API block, unchanged, in a folder whose ckpt/ holds tiny models under the
     README's names (the exported policy, a converted ITM, OpenCLIP and OPT) and photos/ two images."""
     from tests import factories as F
+    from vlrm_jax.testing.tiny import save_tiny_tokenizer
 
     root, exported, _, _ = path
     ckpt = tmp_path / "ckpt"
@@ -121,7 +122,7 @@ def test_the_readme_python_block_runs_as_written(path, clip_folder, tmp_path):
     (ckpt / "clip-g").symlink_to(clip_folder)
     F.save_tiny_itm(str(tmp_path / "itm-hf"), seed=3)
     convert_in_process("convert.blip2_itm", "--src", str(tmp_path / "itm-hf"), "--dst", str(ckpt / "blip2-itm-vit-g"), "--quiet")
-    F.save_tiny_tokenizer(str(ckpt / "blip2-itm-vit-g"))  # the real converted ITM folder has BERT's
+    save_tiny_tokenizer(str(ckpt / "blip2-itm-vit-g"))  # the real converted ITM folder has BERT's
     F.save_tiny_opt(str(tmp_path / "opt-hf"), seed=4)
     convert_in_process("convert.opt", "--src", str(tmp_path / "opt-hf"), "--dst", str(ckpt / "opt-2.7b"), "--quiet")
     (tmp_path / "photos" / "2024").mkdir(parents=True)

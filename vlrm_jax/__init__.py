@@ -14,7 +14,7 @@ _LAZY = {
 # Subpackages reachable as attributes after a bare `import vlrm_jax` (`vlrm_jax.sharding.make_mesh()`),
 # imported on first use like the classes above.
 _SUBMODULES = ("aot", "api", "caption", "clip_api", "data", "distributed", "eval", "evaluate", "figure", "generate",
-               "loading", "metrics", "models", "rewards", "rl", "sharding", "world")
+               "loading", "metrics", "models", "rewards", "rl", "sharding", "testing", "world")
 
 
 def __getattr__(name):  # lazy, so `import vlrm_jax` stays light (no jax/flax until needed)

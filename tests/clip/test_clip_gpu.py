@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from tests.clip import tiny  # noqa: E402
-from tests.helpers import source_from_state_dict  # noqa: E402
+from vlrm_jax.testing.hf_weights import source_from_state_dict  # noqa: E402
 
 SOT, EOT = 49406, 49407
 

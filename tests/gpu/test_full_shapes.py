@@ -13,7 +13,7 @@ import pytest  # noqa: E402
 
 from convert import released_shapes  # noqa: E402
 from tests import factories as F  # noqa: E402
-from tests.helpers import source_from_state_dict  # noqa: E402
+from vlrm_jax.testing.hf_weights import source_from_state_dict  # noqa: E402
 
 
 def _perturb_constants(model):

@@ -11,9 +11,9 @@ def flax_captioner_from_hf(hf):
     """The converter's own table, applied in memory (no folder round trip)."""
     from convert import blip2 as blip2_conv
     from convert.table import expand, torch_to_flax
-    from tests.helpers import source_from_state_dict
     from vlrm_jax.models import build
     from vlrm_jax.models.blip2 import Blip2Captioner
+    from vlrm_jax.testing.hf_weights import source_from_state_dict
 
     cfg = blip2_conv.config_from_hf_config(hf.config)
     ctor = lambda: Blip2Captioner(cfg, rngs=nnx.Rngs(0))  # noqa: E731
@@ -58,9 +58,10 @@ def vlrm_scorer(tmp_path_factory):
     from vlrm_jax.rewards.retokenize import Retokenizer
     from vlrm_jax.rewards.reward import RewardConfig
     from vlrm_jax.rl.scoring import VlrmScorer
+    from vlrm_jax.testing.tiny import save_tiny_tokenizer
 
     folder = tmp_path_factory.mktemp("rl_tok")
-    F.save_tiny_tokenizer(str(folder), vocab_size=VOCAB)
+    save_tiny_tokenizer(str(folder), vocab_size=VOCAB)
     tok = AutoTokenizer.from_pretrained(folder)
     retok = Retokenizer(tok, max_new_tokens=ROLLOUT.max_new_tokens, itm_tokenizer=tok, itm_max_length=12,
                         eos_token_id=EOS)

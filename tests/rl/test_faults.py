@@ -124,7 +124,7 @@ def test_bad_images_in_the_training_stream_are_skipped_and_counted(tmp_path):
 
 
 def test_tokenizer_larger_than_the_model_fails_before_compiling(tmp_path):
-    from tests.factories import save_tiny_tokenizer
+    from vlrm_jax.testing.tiny import save_tiny_tokenizer
 
     cfg = _cfg(tmp_path)
     folder = run.write_random_captioner(cfg.model, tmp_path / "models" / "captioner")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tests import factories as F
-from tests.rl import torch_reference as ref
+from vlrm_jax.testing import torch_step as ref
 from tests.rl.conftest import flax_captioner_from_hf, random_value_network
 
 REL = 1e-4

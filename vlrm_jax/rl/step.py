@@ -101,7 +101,7 @@ class A2CStep:
         self.layout = self._state_layout()
         self.step = jax.jit(self._step, donate_argnums=0)
         self.experience = jax.jit(self._experience)
-        self.update = jax.jit(self._update, donate_argnums=0)
+        self.update = jax.jit(self.update_step, donate_argnums=0)
         self.gradients = jax.jit(self._gradients)
         self.values = jax.jit(self._value_forward)
 
@@ -319,7 +319,7 @@ class A2CStep:
         values = net(lm, self._pin(embeds, "batch", "length", "act_embed"), full_mask, remat=self.cfg.remat)
         return values[:, soft_prompt.shape[1]:]
 
-    def _value_pass(self, state: TrainState, frozen: FrozenParams, exp: Experience):
+    def value_pass(self, state: TrainState, frozen: FrozenParams, exp: Experience):
         """Gradient sums of sum_k (R - V)^2 (clipped around exp.old_values with a2c.value_clip)
         over micro-batches, and V for every row."""
         cap = self._captioner(state.policy, frozen)
@@ -375,7 +375,7 @@ class A2CStep:
         """log p_k (R, T) of every row's sampled tokens under `policy`, without gradients."""
         return self._forward_rows(lambda mb: self._token_stats(policy, frozen, mb)[0], (self._policy_inputs(exp),))
 
-    def _policy_pass(self, state: TrainState, frozen: FrozenParams, exp: Experience, weights):
+    def policy_pass(self, state: TrainState, frozen: FrozenParams, exp: Experience, weights):
         """Gradient sums of the policy loss over micro-batches: -sum_k p_k M_k (PPO's clipped
         ratio when exp.old_logp is there), plus kl_coef * KL to the initial policy (exp.ref_logp)
         and minus entropy_coef * entropy; with sums of p_k, entropy, KL and clipped tokens."""
@@ -430,7 +430,7 @@ class A2CStep:
         n = jnp.maximum(count, 1.0)
         metrics, values = {}, None
         if c.uses_value:
-            value_grads, value_sum, values = self._value_pass(state, frozen, exp)
+            value_grads, value_sum, values = self.value_pass(state, frozen, exp)
             value_grads = jax.tree.map(lambda g: g / n, value_grads)
             value_loss = value_sum / n
             metrics["value/explained_variance"] = losses.explained_variance(exp.returns, values, mask)
@@ -443,7 +443,7 @@ class A2CStep:
             metrics.update({"advantage/mean": stats.mean, "advantage/std": stats.std})
         if c.kl_coef and c.kl_in == "loss" and exp.ref_logp is None:
             exp = dataclasses.replace(exp, ref_logp=self._forward_logp(state.initial_policy, frozen, exp))
-        policy_grads, sums = self._policy_pass(state, frozen, exp, weights)
+        policy_grads, sums = self.policy_pass(state, frozen, exp, weights)
         policy_grads = jax.tree.map(lambda g: g / n, policy_grads)
         metrics.update({
             "loss/value": value_loss, "loss/policy": sums[0] / n,
@@ -500,9 +500,9 @@ class A2CStep:
         state, per_update = jax.lax.scan(body, state, plan)
         return state, dict(ppo.summarise(per_update), **{"advantage/mean": stats.mean, "advantage/std": stats.std})
 
-    def _update(self, state: TrainState, frozen: FrozenParams, exp: Experience):
+    def update_step(self, state: TrainState, frozen: FrozenParams, exp: Experience):
         """One update on a rollout (several, with a2c.epochs / minibatches / clipping); the step
-        counts rollouts."""
+        counts rollouts. Not jitted: `self.update` is this jitted with the state donated."""
         if self.cfg.reuses_rollout:
             state, metrics = self._reuse_rollout(state, frozen, exp)
         else:
@@ -511,5 +511,5 @@ class A2CStep:
 
     def _step(self, state: TrainState, frozen: FrozenParams, batch: dict):
         exp, reward_metrics, samples = self._experience(state, frozen, batch)
-        state, update_metrics = self._update(state, frozen, exp)
+        state, update_metrics = self.update_step(state, frozen, exp)
         return state, {**reward_metrics, **update_metrics}, samples

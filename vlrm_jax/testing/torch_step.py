@@ -1,9 +1,12 @@
-"""The A2C update written in PyTorch from transformers' own modules: the judge of the JAX step.
+"""The A2C step written in PyTorch from transformers' own modules: the judge of the JAX step
+(tests/rl/test_torch_reference.py) and the PyTorch side of bench/train_step.py.
 
 Policy: `Blip2ForConditionalGeneration` itself (image placeholders then BOS then the caption, as
 transformers lays BLIP2 input out), p_k through transformers' temperature and top-k warpers.
 Value: a copy of its OPT with peft LoRA adapters, then a head of transformers `OPTDecoderLayer`s,
-a LayerNorm and an MLP. Losses as the paper states them, gradients by autograd.
+a LayerNorm and an MLP. Losses as the paper states them (vlrm_jax.rl.losses), gradients by
+autograd, over the same micro-batches as the JAX step (`value_pass`, `policy_pass`); the VLRM
+reward's per-token returns and its two model terms (reference LM, retrieval specificity).
 """
 from __future__ import annotations
 
@@ -153,24 +156,140 @@ def kl_terms(logp, ref_logp, estimator: str):
     return (r - 1) - torch.log(r)
 
 
+# ---------------------------------------------------------------------------------------------
+# The losses (vlrm_jax.rl.losses), as sums over valid tokens: divided by the batch's n by callers
+def whiten(advantages, mask, eps: float):
+    """M_k = (A_k - mean A) / (std A + eps) over the valid tokens of the whole batch
+    (losses.advantage_stats then losses.normalise; population std)."""
+    n = mask.sum().clamp(min=1.0)
+    mean = (advantages * mask).sum() / n
+    std = torch.sqrt((((advantages - mean) ** 2) * mask).sum() / n)
+    return (advantages - mean) / (std + eps)
+
+
+def value_loss_sum(returns, values, mask, old_values=None, value_clip: float = 0.0):
+    """sum_k (R_k - V_k)^2 over valid tokens; with old_values PPO's clipped value loss."""
+    terms = (returns - values) ** 2
+    if old_values is not None:
+        old_v = torch.tensor(np.asarray(old_values), dtype=torch.float32)
+        clipped_v = old_v + torch.clamp(values - old_v, -value_clip, value_clip)
+        terms = torch.maximum(terms, (returns - clipped_v) ** 2)
+    return (terms * mask).sum()
+
+
+def policy_loss_sum(logp, m_k, mask, *, objective: str, old_logp=None, clip_eps: float = 0.0, ref_logp=None,
+                    kl_coef: float = 0.0, kl_estimator: str = "k3", entropy=None, entropy_coef: float = 0.0):
+    """-sum_k p_k M_k (log p_k for objective="logprob"; PPO's clipped ratio against old_logp)
+    over valid tokens, plus kl_coef * KL to ref_logp, minus entropy_coef * entropy."""
+    # past EOS the pad token may lie outside the top-k (log p = -inf): those terms are masked
+    logp = torch.where(mask > 0, logp, torch.zeros_like(logp))
+    if old_logp is not None:
+        objective_terms = ppo_policy_terms(logp, old_logp, m_k, objective=objective, clip_eps=clip_eps)
+    else:
+        objective_terms = (logp.exp() if objective == "prob" else logp) * m_k
+    terms = -objective_terms
+    if ref_logp is not None:
+        terms = terms + kl_coef * kl_terms(logp, ref_logp, kl_estimator)
+    if entropy_coef:
+        terms = terms - entropy_coef * entropy
+    return (terms * mask).sum()
+
+
+def caption_inputs(tokens, mask, bos: int, queries: int):
+    """([BOS; tokens[:-1]] ids, the attention mask of [soft prompt; those ids]): the positions that
+    predict each caption token, as the JAX step's caption_inputs lays them out."""
+    b, device = tokens.shape[0], tokens.device
+    text_ids = torch.cat([torch.full((b, 1), bos, device=device), tokens[:, :-1]], dim=1)
+    text_mask = torch.cat([torch.ones(b, 1, device=device), mask[:, :-1]], dim=1)
+    attention = torch.cat([torch.ones(b, queries, device=device), text_mask], dim=1).long()
+    return text_ids, attention
+
+
+def value_forward(trunk, head, embeds, attention, queries: int):
+    """V (B, T) at the caption positions: the LoRA trunk over [soft prompt; caption], then the head."""
+    hidden = trunk.base_model.model.model(inputs_embeds=embeds, attention_mask=attention).last_hidden_state
+    return head(hidden.float(), attention)[:, queries:]
+
+
+# ---------------------------------------------------------------------------------------------
+# Micro-batches: rows j, j + M, j + 2M, ... as the JAX step splits them; backward() on each
+def micro_rows(micro_batches: int) -> list[slice]:
+    return [slice(j, None, micro_batches) for j in range(micro_batches)]
+
+
+def value_pass(values_of, returns, mask, micro_batches: int):
+    """L_v's share of each micro-batch, backward() on each (gradients accumulate in .grad).
+    values_of(rows) -> V of those rows. Returns (V of every row, detached; L_v as a float)."""
+    n = mask.sum()
+    values, total = torch.zeros_like(returns), 0.0
+    for rows in micro_rows(micro_batches):
+        v = values_of(rows)
+        loss = value_loss_sum(returns[rows], v, mask[rows]) / n
+        loss.backward()
+        values[rows] = v.detach()
+        total += loss.item()
+    return values, total
+
+
+def policy_pass(logp_of, m_k, mask, micro_batches: int, objective: str) -> float:
+    """L_p's share of each micro-batch, backward() on each; logp_of(rows) -> log p_k of those
+    rows. Returns L_p as a float."""
+    n, total = mask.sum(), 0.0
+    for rows in micro_rows(micro_batches):
+        loss = policy_loss_sum(logp_of(rows), m_k[rows], mask[rows], objective=objective) / n
+        loss.backward()
+        total += loss.item()
+    return total
+
+
+# ---------------------------------------------------------------------------------------------
+# The VLRM reward's torch parts (vlrm_jax.rewards, vlrm_jax.rl.scoring)
+def vlrm_returns(weights, rs_weight: float, sim, ref, phi, noeos, bad, repeat, mask):
+    """Per-token returns: each caption's w_sim (sim + rs_weight phi) + w_ref ref - w_noeos noeos,
+    minus the bad-word and repeat penalties still to come; 0 past the caption."""
+    per_caption = weights.sim * (sim + rs_weight * phi) + weights.ref * ref - weights.noeos * noeos
+    penalty = weights.bad * bad * mask + weights.repeat * repeat * mask
+    to_go = torch.flip(torch.cumsum(torch.flip(penalty, [1]), 1), [1])
+    return torch.where(mask > 0, per_caption[:, None] - to_go, 0.0)
+
+
+def reference_logprob(lm, tokens, mask, bos: int):
+    """The reference LM's mean log p of each caption's valid tokens, after BOS alone."""
+    b = tokens.shape[0]
+    ids = torch.cat([torch.full((b, 1), bos, device=tokens.device), tokens], 1)
+    attention = torch.cat([torch.ones(b, 1, device=tokens.device), mask], 1).long()
+    logits = lm(input_ids=ids, attention_mask=attention).logits[:, :-1].float()
+    logp = torch.gather(torch.log_softmax(logits, -1), 2, tokens[..., None])[..., 0]
+    return (logp * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+
+def retrieval_specificity(image_features, text_features):
+    """VLRM-RS's phi: the diagonal of softmax over images x softmax over texts of the cosine
+    similarities, standardised over the batch (0 where all are equal)."""
+    image = torch.nn.functional.normalize(image_features.float(), dim=-1)
+    text = torch.nn.functional.normalize(text_features.float(), dim=-1)
+    s = image @ text.T
+    d = torch.diagonal(torch.softmax(s, 0) * torch.softmax(s, 1))
+    std = d.std(unbiased=False)
+    return torch.where(std > 0, (d - d.mean()) / torch.where(std > 0, std, 1.0), 0.0)
+
+
+# ---------------------------------------------------------------------------------------------
 def a2c_losses(hf, trunk, head, pixels, tokens, mask, returns, *, prob: str, objective: str, temperature: float,
                top_k: int, eps: float, old_logp=None, clip_eps: float = 0.0, old_values=None, value_clip: float = 0.0,
                ref_logp=None, kl_coef: float = 0.0, kl_estimator: str = "k3", entropy_coef: float = 0.0):
-    """(L_p, L_v) of one rollout batch; backward() fills the gradients of the policy's query
-    tokens / Q-Former / projection and of the value's LoRA / head. old_logp: PPO's clipped
-    objective against it; old_values: PPO's clipped value loss; ref_logp: a KL term to it;
-    entropy_coef: an entropy bonus."""
+    """(L_p, L_v) of one rollout batch, as one micro-batch; backward() fills the gradients of the
+    policy's query tokens / Q-Former / projection and of the value's LoRA / head. old_logp:
+    PPO's clipped objective against it; old_values: PPO's clipped value loss; ref_logp: a KL term
+    to it; entropy_coef: an entropy bonus."""
     q = hf.config.num_query_tokens
     b = tokens.shape[0]
     tokens_t = torch.tensor(np.asarray(tokens), dtype=torch.long)
     mask_t = torch.tensor(np.asarray(mask), dtype=torch.float32)
     returns_t = torch.tensor(np.asarray(returns), dtype=torch.float32)
     pixels_t = torch.tensor(np.asarray(pixels)).permute(0, 3, 1, 2)
-    bos = hf.config.text_config.bos_token_id
-    text_ids = torch.cat([torch.full((b, 1), bos), tokens_t[:, :-1]], dim=1)
-    text_mask = torch.cat([torch.ones(b, 1), mask_t[:, :-1]], dim=1)
+    text_ids, attention = caption_inputs(tokens_t, mask_t, hf.config.text_config.bos_token_id, q)
     ids = torch.cat([torch.full((b, q), hf.config.image_token_index), text_ids], dim=1)
-    attention = torch.cat([torch.ones(b, q), text_mask], dim=1).long()
 
     # policy: the real BLIP2 forward
     logits = hf(pixel_values=pixels_t, input_ids=ids, attention_mask=attention).logits[:, q:]
@@ -180,31 +299,13 @@ def a2c_losses(hf, trunk, head, pixels, tokens, mask, returns, *, prob: str, obj
     with torch.no_grad():
         soft = hf.get_image_features(pixels_t, return_dict=True).pooler_output
         text_embeds = hf.language_model.get_input_embeddings()(text_ids)
-    embeds = torch.cat([soft, text_embeds], dim=1)
-    hidden = trunk.base_model.model.model(inputs_embeds=embeds, attention_mask=attention).last_hidden_state
-    values = head(hidden, attention)[:, q:]
+    values = value_forward(trunk, head, torch.cat([soft, text_embeds], dim=1), attention, q)
 
     n = mask_t.sum()
-    value_terms = (returns_t - values) ** 2
-    if old_values is not None:
-        old_v = torch.tensor(np.asarray(old_values), dtype=torch.float32)
-        clipped_v = old_v + torch.clamp(values - old_v, -value_clip, value_clip)
-        value_terms = torch.maximum(value_terms, (returns_t - clipped_v) ** 2)
-    value_loss = (value_terms * mask_t).sum() / n
-    adv = returns_t - values.detach()
-    mean = (adv * mask_t).sum() / n
-    std = torch.sqrt((((adv - mean) ** 2) * mask_t).sum() / n)
-    m_k = (adv - mean) / (std + eps)
-    # past EOS the pad token may lie outside the top-k (log p = -inf): those terms are masked
-    logp = torch.where(mask_t > 0, logp, torch.zeros_like(logp))
-    if old_logp is not None:
-        objective_terms = ppo_policy_terms(logp, old_logp, m_k, objective=objective, clip_eps=clip_eps)
-    else:
-        objective_terms = (logp.exp() if objective == "prob" else logp) * m_k
-    policy_terms = -objective_terms
-    if ref_logp is not None:
-        policy_terms = policy_terms + kl_coef * kl_terms(logp, ref_logp, kl_estimator)
-    if entropy_coef:
-        policy_terms = policy_terms - entropy_coef * token_entropy(logits.float(), prob, temperature, top_k)
-    policy_loss = (policy_terms * mask_t).sum() / n
+    value_loss = value_loss_sum(returns_t, values, mask_t, old_values, value_clip) / n
+    m_k = whiten(returns_t - values.detach(), mask_t, eps)
+    entropy = token_entropy(logits.float(), prob, temperature, top_k) if entropy_coef else None
+    policy_loss = policy_loss_sum(logp, m_k, mask_t, objective=objective, old_logp=old_logp, clip_eps=clip_eps,
+                                  ref_logp=ref_logp, kl_coef=kl_coef, kl_estimator=kl_estimator, entropy=entropy,
+                                  entropy_coef=entropy_coef) / n
     return policy_loss, value_loss
