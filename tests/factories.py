@@ -14,17 +14,20 @@ from vlrm_jax.testing.tiny import VOCAB, save_tiny_tokenizer
 IMAGE_TOKEN = VOCAB - 1
 
 
-def randomise(model, seed: int = 0, std: float = 0.2):
+def _transformers_norm_scale(name: str) -> bool:
+    return "norm" in name.lower() and name.endswith("weight")
+
+
+def randomise(model, seed: int = 0, std: float = 0.2, is_norm_scale=_transformers_norm_scale):
+    """Every parameter of a torch model normal(0, std), the LayerNorm scales (`is_norm_scale` of
+    the parameter's name) around 1 but distinct."""
     import torch
 
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
             noise = torch.randn(p.shape, generator=gen) * std
-            if "norm" in name.lower() and name.endswith("weight"):
-                p.copy_(1.0 + noise)  # keep LayerNorm scales near 1 but distinct
-            else:
-                p.copy_(noise)
+            p.copy_(1.0 + noise if is_norm_scale(name) else noise)
     return model.eval()
 
 

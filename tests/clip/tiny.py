@@ -13,6 +13,8 @@ import os
 
 import numpy as np
 
+from tests import factories
+
 NAME = "vlrm-tiny-clip"
 CONFIG = {
     "embed_dim": 12,
@@ -41,15 +43,8 @@ def register(folder: str) -> str:
 
 
 def randomise(model, seed: int = 0, std: float = 0.2):
-    import torch
-
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=gen) * std
-            is_norm_scale = ".ln_" in f".{name}" and name.endswith("weight")
-            p.copy_(1.0 + noise if is_norm_scale else noise)  # LayerNorm scales near 1 but distinct
-    return model.eval()
+    """open_clip's LayerNorms are named ln_*."""
+    return factories.randomise(model, seed, std, is_norm_scale=lambda name: ".ln_" in f".{name}" and name.endswith("weight"))
 
 
 def create(seed: int = 0):
