@@ -107,7 +107,7 @@ def param(rngs: nnx.Rngs, shape: Sequence[int], axes: tuple, dtype=jnp.float32, 
 # Scores (batch chunk x heads x Tq x Tk, fp32) of about this many bytes per step of the CPU's
 # chunked attention: one fused attention over a whole ViT batch ran 3-5x slower than the same
 # attention mapped over batch chunks whose scores stay in cache (2-core AMD EPYC, 257 tokens, 4,
-# 6 and 16 heads, B=64: best at 2 images for 4 and 6 heads, 1 for 16); see docs/scaling.md.
+# 6 and 16 heads, B=64: best at 2 images for 4 and 6 heads, 1 for 16); see docs/generation.md.
 CPU_CHUNK_SCORE_BYTES = 3_500_000
 
 

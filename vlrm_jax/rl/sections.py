@@ -61,7 +61,10 @@ class MeshConfig:
                 raise ConfigError(name, f"expected an integer >= 1 or -1 (the rest of the devices), got {value!r}")
         if list(sizes.values()).count(-1) > 1:
             raise ConfigError("", f"{sizes}: at most one size may be -1")
-        assert tuple(sizes) == sharding.MESH_AXES
+
+
+# MeshConfig's fields are the mesh axes sharding knows, so an unknown axis is an unknown key
+assert tuple(f.name for f in dataclasses.fields(MeshConfig)) == sharding.MESH_AXES
 
 
 @dataclasses.dataclass(frozen=True)
