@@ -169,3 +169,27 @@ def test_a_tpu_program_keeps_one_fused_attention(v5e_2x2, monkeypatch):
     assert "while" not in fn.lower(x, x, x).compile().as_text()
     cpu = jax.ShapeDtypeStruct((8, 16, 2, 8), jnp.float32)
     assert "while" in fn.lower(cpu, cpu, cpu).compile().as_text()
+
+
+def test_a_tpu_decode_step_takes_the_lm_head_as_it_is(v5e_2x2):
+    """The CPU's table-first lm_head is chosen when lowering for a CPU only: compiled for a TPU
+    slice from this CPU host, a decode step's head has no (vocabulary, rows) product."""
+    import re
+
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from vlrm_jax import sharding
+    from vlrm_jax.models import opt
+
+    cfg = opt.OPTConfig(vocab_size=96, hidden_size=16, ffn_dim=32, num_hidden_layers=1, num_attention_heads=2,
+                        max_position_embeddings=16, word_embed_proj_dim=16)
+    model = opt.OPTForCausalLM(cfg, rngs=nnx.Rngs(0))
+    mesh = sharding.make_mesh((4, 1, 1), devices=v5e_2x2)
+    fn = jax.jit(model.decode_lm_head)
+    tpu = jax.ShapeDtypeStruct((16, 16), jnp.float32, sharding=NamedSharding(mesh, P()))
+    assert not re.search(r"f32\[96,16\]\S* (dot|fusion|convolution)\(", fn.lower(tpu).compile().as_text())
+    cpu = jax.ShapeDtypeStruct((16, 16), jnp.float32)
+    assert re.search(r"f32\[96,16\]\S* dot\(", fn.lower(cpu).compile().as_text())

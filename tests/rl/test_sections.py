@@ -56,6 +56,12 @@ def test_a_value_of_the_wrong_type_is_named_by_its_dotted_key(key, value, why):
     assert e.value.key == key and why in str(e.value), str(e.value)
 
 
+def test_a_section_given_as_a_value_is_named_by_its_key():
+    with pytest.raises(ConfigError) as e:
+        typed(run.SECTIONS["reward"], {"weights": 3}, "reward")
+    assert e.value.key == "reward.weights" and "expected a section" in str(e.value), str(e.value)
+
+
 @pytest.mark.parametrize("key, value, why", [
     ("eval.limit", -1, "must be >= 0, got -1"),
     ("data.workers", 0, "must be >= 1, got 0"),

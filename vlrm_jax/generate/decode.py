@@ -9,6 +9,8 @@ P + k * num_beams onwards, all at position P + k.
 A decode loop takes `unrolled_layers(model)` once, before the loop, and passes them to every
 `step`: XLA does not hoist slices of the stacked layer weights out of a while loop, so slicing
 inside it copied all of the OPT's weights every step (about 40 % of a sampling step on CPU).
+Every step's logits come from `OPTForCausalLM.decode_lm_head` (on a CPU, a few rows take the
+vocabulary product table-first).
 """
 from __future__ import annotations
 
@@ -51,7 +53,7 @@ def prefill(model: Blip2Captioner, soft_prompt, max_new_tokens: int, layers: lis
     mask = (slots[None, :] <= jnp.arange(p)[:, None])[None, None]  # (1, 1, P, S)
     positions = jnp.broadcast_to(jnp.arange(p), (b, p))
     hidden, cache = lm.decode(embeds, positions, mask, cache, 0, layers=layers)
-    return lm.lm_head(hidden[:, -1]), cache
+    return lm.decode_lm_head(hidden[:, -1]), cache
 
 
 def step(model: Blip2Captioner, cache: KVCache, tokens, slot, layers: list | None = None):
@@ -62,7 +64,7 @@ def step(model: Blip2Captioner, cache: KVCache, tokens, slot, layers: list | Non
     mask = (slots <= slot)[None, None, None, :]
     positions = jnp.full((tokens.shape[0], 1), slot, jnp.int32)
     hidden, cache = lm.decode(embeds, positions, mask, cache, slot, layers=layers)
-    return lm.lm_head(hidden[:, 0]), cache
+    return lm.decode_lm_head(hidden[:, 0]), cache
 
 
 def beams_step(model: Blip2Captioner, cache: KVCache, tokens, k, lineage, layers: list):
@@ -83,4 +85,4 @@ def beams_step(model: Blip2Captioner, cache: KVCache, tokens, k, lineage, layers
     mask = jnp.concatenate([jnp.ones((b, nb, p), bool), own.reshape(b, nb, n * nb)], axis=-1)[:, None]
     positions = jnp.full((b, nb), p + k, jnp.int32)
     hidden, cache = lm.decode(lm.embed(tokens), positions, mask, cache, p + k * nb, layers=layers)
-    return lm.lm_head(hidden).reshape(b * nb, -1), cache
+    return lm.decode_lm_head(hidden).reshape(b * nb, -1), cache

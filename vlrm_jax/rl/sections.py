@@ -198,6 +198,8 @@ def typed(cls, section: Mapping[str, Any], prefix: str, fixed: Mapping[str, Any]
             raise ConfigError(key(name), f"unknown; expected one of {sorted(fields)}")
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
+            if not hasattr(value, "items"):  # a dict or a ConfigDict (which is no Mapping)
+                raise ConfigError(key(name), f"expected a section (a mapping of {hint.__name__}'s fields), got {value!r}")
             values[name] = typed(hint, value, key(name))
             continue
         if not _is(value, hint):
