@@ -50,17 +50,33 @@ def memory_child(args) -> dict:
     before = _vm("VmRSS")
     for _ in range(2):
         side.step(batch)
-    return dict(rss_before_steps=before, peak_rss=_vm("VmHWM"))
+    return dict(rss_before_steps=before, peak_rss=_vm("VmHWM"), shape=_overridable(shape))
+
+
+def _overridable(shape: dict) -> dict:
+    """The part of a shape the command line can change: the parent checks its child ran that."""
+    return {key: shape[key] for key in ("batch", "micro_batches", "new_tokens", "remat")}
+
+
+def child_command(args, side: str) -> list[str]:
+    """train_step.py's command line for one side alone, with the parent's shape overrides."""
+    cmd = [sys.executable, os.path.join(HERE, "train_step.py"), "--only", side, "--variants", args.variants,
+           "--shapes", args.shapes, "--threads", str(args.threads), "--remat", getattr(args, "remat", "auto")]
+    for key in ("batch", "micro_batches", "new_tokens"):
+        if getattr(args, key, 0):
+            cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
+    return cmd
 
 
 def memory_per_side(args) -> dict:
     """{side: memory_child's dict, or {"error": its stderr}} for "jax" and "torch", one subprocess each."""
     out = {}
+    expected = _overridable(shape_of(args))
     for side in ("jax", "torch"):
-        cmd = [sys.executable, os.path.join(HERE, "train_step.py"), "--only", side, "--variants", args.variants,
-               "--shapes", args.shapes, "--threads", str(args.threads)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        proc = subprocess.run(child_command(args, side), capture_output=True, text=True, cwd=ROOT)
         lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
         out[side] = json.loads(lines[-1]) if proc.returncode == 0 and lines else dict(error=proc.stderr[-2000:])
+        if out[side].get("shape", expected) != expected:
+            raise RuntimeError(f"the {side} memory run used {out[side]['shape']}, not the timed shape {expected}")
     return out
 
