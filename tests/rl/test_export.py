@@ -24,7 +24,7 @@ def tiny_run(tmp_path_factory):
     cfg.workdir, cfg.total_steps, cfg.mesh.data = str(workdir), 3, 1
     step, stream, loop_cfg, hooks, captioner_dir = run.build(cfg)
     run_config.save_run_config(cfg, captioner_dir)
-    loop.train(step, stream, dataclasses.replace(loop_cfg, progress=False), cfg.seed, hooks)
+    loop.train(step, stream, dataclasses.replace(loop_cfg, progress=False), hooks)
     return workdir, captioner_dir
 
 

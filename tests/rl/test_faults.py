@@ -56,7 +56,7 @@ def test_nonfinite_updates_are_skipped_then_stop_the_run(tiny, tmp_path):
     step, stream, loop_cfg, seed = tiny
     cfg = dataclasses.replace(loop_cfg, workdir=str(tmp_path), total_steps=12, checkpoint_every=2, max_skips_in_row=3)
     with pytest.raises(loop.TooManySkips, match="3 updates in a row.*last good checkpoint is step"):
-        loop.train(step, NanFrom(stream, 4), cfg, seed)
+        loop.train(step, NanFrom(stream, 4), cfg)
     ckpt = Checkpoints(tmp_path / "checkpoints")
     state, record = ckpt.restore(step.init_state(seed))
     ckpt.close()
@@ -78,7 +78,7 @@ def test_failed_checkpoint_write_is_a_clear_error_and_keeps_the_previous(tiny, t
 
     monkeypatch.setattr(Checkpoints, "save", disk_full)
     with pytest.raises(loop.CheckpointError, match="checkpoint 4 .*No space left.*last complete checkpoint is step 2"):
-        loop.train(step, stream, cfg, seed)
+        loop.train(step, stream, cfg)
     monkeypatch.undo()
     ckpt = Checkpoints(tmp_path / "checkpoints")
     assert ckpt.latest_step() == 2
@@ -111,7 +111,7 @@ def test_bad_images_in_the_training_stream_are_skipped_and_counted(tmp_path):
     cfg = _cfg(tmp_path / "run", **{"data.source": str(folder), "data.min_side": 8, "data.workers": 2,
                                     "total_steps": 3, "checkpoint_every": 3})
     step, stream, loop_cfg, hooks, _ = run.build(cfg)
-    state = loop.train(step, stream, dataclasses.replace(loop_cfg, progress=False), cfg.seed, hooks)
+    state = loop.train(step, stream, dataclasses.replace(loop_cfg, progress=False), hooks)
     assert int(state.step) == 3 and int(state.skipped) == 0
     ckpt = Checkpoints(tmp_path / "run" / "checkpoints")
     _, record = ckpt.restore(step.init_state(cfg.seed))
@@ -159,7 +159,7 @@ def test_sigterm_during_a_step_or_an_evaluation_checkpoints_and_returns(tiny, tm
 
     step, stream, loop_cfg, seed = tiny
     cfg = dataclasses.replace(loop_cfg, workdir=str(tmp_path / "step"), total_steps=20, checkpoint_every=50)
-    state = loop.train(step, SigtermAt(stream, 3), cfg, seed)
+    state = loop.train(step, SigtermAt(stream, 3), cfg)
     assert int(state.step) == 3  # the step in flight finished, then the loop saved and stopped
     assert Checkpoints(tmp_path / "step" / "checkpoints").latest_step() == 3
 
@@ -171,7 +171,7 @@ def test_sigterm_during_a_step_or_an_evaluation_checkpoints_and_returns(tiny, tm
         return {"R@1": 0.5}
 
     cfg = dataclasses.replace(cfg, workdir=str(tmp_path / "eval"), eval_every=2)
-    state = loop.train(step, stream, cfg, seed, loop.Hooks(evaluate=slow_evaluation))
+    state = loop.train(step, stream, cfg, loop.Hooks(evaluate=slow_evaluation))
     assert calls == [2] and int(state.step) == 2
     assert Checkpoints(tmp_path / "eval" / "checkpoints").latest_step() == 2
 
@@ -180,7 +180,7 @@ def test_checkpoints_go_to_checkpoint_dir_and_urls_are_checked(tiny, tmp_path):
     step, stream, loop_cfg, seed = tiny
     cfg = dataclasses.replace(loop_cfg, workdir=str(tmp_path / "run"), checkpoint_dir=str(tmp_path / "elsewhere"),
                               total_steps=2, checkpoint_every=2)
-    loop.train(step, stream, cfg, seed)
+    loop.train(step, stream, cfg)
     assert Checkpoints(tmp_path / "elsewhere").latest_step() == 2
     assert not (tmp_path / "run" / "checkpoints").exists() and (tmp_path / "run" / "metrics.jsonl").is_file()
 

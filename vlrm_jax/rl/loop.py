@@ -189,14 +189,14 @@ def write_samples(workdir: Path, step: int, samples, decode, n: int, tb: ScalarL
     return rows
 
 
-def train(trainer: A2CStep, stream, cfg: LoopConfig, seed: int, hooks: Hooks = Hooks()) -> TrainState:
-    """Run (or resume) to `cfg.total_steps`; returns the final state, one before `total_steps`
-    only when SIGTERM stopped the run (that step saved)."""
+def train(trainer: A2CStep, stream, cfg: LoopConfig, hooks: Hooks = Hooks()) -> TrainState:
+    """Run (or resume) to `cfg.total_steps` from a state initialised with `cfg.seed`; returns the
+    final state, one before `total_steps` only when SIGTERM stopped the run (that step saved)."""
     workdir = Path(cfg.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     checkpoints = Checkpoints(checkpoint_location(cfg.workdir, cfg.checkpoint_dir), keep=cfg.keep_checkpoints)
     main = distributed.is_main()
-    state = trainer.init_state(seed)
+    state = trainer.init_state(cfg.seed)
     data_state, skip_offset = None, {}
     if checkpoints.latest_step() is not None:
         state, record = checkpoints.restore(state)

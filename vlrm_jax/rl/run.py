@@ -213,4 +213,4 @@ def train(cfg: ConfigDict, resume=None, progress: bool = True):
     if distributed.is_main() and resume is not None and resume.step is not None:
         print(f"main.py: resuming from step {resume.step} ({checkpoint_location(run.loop.workdir, run.loop.checkpoint_dir)})",
               flush=True)
-    return loop.train(run.trainer, run.stream, dataclasses.replace(run.loop, progress=progress), run.loop.seed, run.hooks)
+    return loop.train(run.trainer, run.stream, dataclasses.replace(run.loop, progress=progress), run.hooks)
