@@ -33,6 +33,9 @@ class EvalSet:
     objects: list[list[str]] | None = None
     # per caption: stopped at the length limit without EOS; None where unknown (a captions file)
     at_limit: list[bool] | None = None
+    # text embeddings that depend on the references only (shared by passes over the same images,
+    # so comparing models embeds them once), by what they are
+    reference_emb: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
 def _chunks(records: Iterable, size: int) -> Iterator[list]:
@@ -118,6 +121,7 @@ def collect(source, clip, captioner=None, captions: dict[str, str] | None = None
         if features_of.keys != out.keys:
             raise ValueError("features_of is a pass over other images (another source or --limit)")
         out.image_emb, out.image_features = features_of.image_emb, features_of.image_features
+        out.reference_emb = features_of.reference_emb
     else:
         out.image_emb = np.concatenate(out.image_emb)
         out.image_features = {name: np.concatenate(f) for name, f in out.image_features.items()}

@@ -49,7 +49,12 @@ def _clip_scores(clip, data: EvalSet, name: str, prefix: str, include_ref: bool)
     from vlrm_jax.eval.clip_score import clip_score_summary, clip_scores, with_prefix
 
     refs = [(i, t) for i, texts in enumerate(data.references) for t in texts]
-    ref_emb = embed_texts(clip, with_prefix([t for _, t in refs], prefix)) if refs else None
+    ref_emb = None
+    if refs:
+        key = f"clipscore references, prefix {prefix!r}"
+        if key not in data.reference_emb:
+            data.reference_emb[key] = embed_texts(clip, with_prefix([t for _, t in refs], prefix))
+        ref_emb = data.reference_emb[key]
     owner = np.array([i for i, _ in refs], np.int64)
     rows = {name: clip_score_summary(embed_texts(clip, with_prefix(data.captions, prefix)), data.image_emb,
                                      ref_emb, owner)}
