@@ -89,8 +89,12 @@ def test_every_metric_on_mocked_coco_with_a_second_retriever(models, tmp_path, m
 
 
 @pytest.mark.slow  # captions two models' images and runs pycocoevalcap's JVMs twice
-def test_compare_writes_one_table_and_the_figure(models, tmp_path, mock_coco, capsys):
+def test_compare_writes_one_table_and_the_figure(models, tmp_path, mock_coco, capsys, monkeypatch):
+    from vlrm_jax.eval import clip_eval
     from vlrm_jax.evaluate import main
+
+    embedded, embed = [], clip_eval.embed_texts
+    monkeypatch.setattr(clip_eval, "embed_texts", lambda clip, texts: embedded.append(tuple(texts)) or embed(clip, texts))
 
     first = tmp_path / "first"
     assert main(["--model", str(models / "cap"), "--clip", str(models / "clip"), "--dataset", "tfds:coco_captions/test",
@@ -101,6 +105,7 @@ def test_compare_writes_one_table_and_the_figure(models, tmp_path, mock_coco, ca
     (tmp_path / "edited.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "cmp"
     capsys.readouterr()
+    embedded.clear()
     assert main(["--compare", str(models / "cap"), str(tmp_path / "edited.jsonl"), "--clip", str(models / "clip"),
                  "--dataset", "tfds:coco_captions/test", "--out", str(out), "--quiet"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
@@ -118,28 +123,9 @@ def test_compare_writes_one_table_and_the_figure(models, tmp_path, mock_coco, ca
     assert edited["chair_s"] == 1 / 11 and edited["chair_i"] == 2 / 3
     assert edited["coverage"] == 1 / 16  # 1 of the 16 annotated objects (11 images, 5 with two)
     assert (out / "compare.png").stat().st_size > 0 and (out / "captions" / "edited.jsonl").exists()
-
-
-def test_compare_embeds_each_text_list_once(models, tmp_path, mock_coco, monkeypatch):
-    """The references' CLIPScore embeddings are shared by the models compared, like the images'."""
-    from vlrm_jax.eval import clip_eval
-    from vlrm_jax.evaluate import main
-
-    embedded, embed = [], clip_eval.embed_texts
-    monkeypatch.setattr(clip_eval, "embed_texts", lambda clip, texts: embedded.append(tuple(texts)) or embed(clip, texts))
-    first = tmp_path / "first"
-    assert main(["--model", str(models / "cap"), "--clip", str(models / "clip"), "--dataset", "tfds:coco_captions/test",
-                 "--out", str(first), "--quiet"]) == 0
-    rows = [json.loads(line) for line in (first / "captions.jsonl").read_text().splitlines()]
-    rows[0]["caption"] = "a dog"
-    (tmp_path / "edited.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    embedded.clear()
-    assert main(["--compare", str(first / "captions.jsonl"), str(tmp_path / "edited.jsonl"), "--clip",
-                 str(models / "clip"), "--dataset", "tfds:coco_captions/test", "--out", str(tmp_path / "cmp"),
-                 "--quiet"]) == 0
-    # the references for REF's recall and, prefixed, for CLIPScore; each model's captions for both
-    assert len(embedded) == 6
-    assert len(set(embedded)) == len(embedded)
+    # each text list embedded once: the references for REF's recall and, prefixed, for CLIPScore
+    # (shared by the models), each model's captions for both
+    assert len(embedded) == 6 and len(set(embedded)) == 6
 
 
 def test_a_folder_without_annotations_says_what_it_cannot_score(models, tmp_path):
