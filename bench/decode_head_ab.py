@@ -23,10 +23,9 @@ from bench import generate_vs_hf as G  # noqa: E402
 
 def compiled_call(cap, setting: str, n: int, pixels):
     """A jitted sampling call at n new tokens, traced now (the table-first limit is read then)."""
-    from vlrm_jax.generate import GenerationConfig
     from vlrm_jax.generate.search import generate_jit
 
-    cfg = GenerationConfig(max_new_tokens=n, ignore_eos=True, **G.Bench.kwargs(setting, n))
+    cfg = G.Bench.config(setting, n)
     # a fresh jit of the same function: generate_jit's own cache would return the first trace
     call = jax.jit(lambda state, px, key: generate_jit.__wrapped__(cap._graphdef, cfg, state, px, key).tokens)
     call(cap._state, pixels, jax.random.key(0)).block_until_ready()

@@ -128,12 +128,18 @@ class Bench:
             kw["min_new_tokens"] = min(kw["min_new_tokens"], n)
         return kw
 
+    @staticmethod
+    def config(setting: str, n: int):
+        """Our GenerationConfig for a setting at exactly n new tokens (EOS ignored)."""
+        from vlrm_jax.generate import GenerationConfig
+
+        return GenerationConfig(max_new_tokens=n, ignore_eos=True, **Bench.kwargs(setting, n))
+
     def ours(self, setting: str, n: int, px):
         """(first-call s, median s, tokens) of our generation."""
-        from vlrm_jax.generate import GenerationConfig
         from vlrm_jax.generate.search import generate_jit
 
-        cfg = GenerationConfig(max_new_tokens=n, ignore_eos=True, **self.kwargs(setting, n))
+        cfg = self.config(setting, n)
         out = {}
 
         def run():

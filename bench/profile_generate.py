@@ -64,12 +64,11 @@ def main(argv=None):
     p.add_argument("--top", type=int, default=30, help="rows of the table")
     args = p.parse_args(argv)
 
-    from vlrm_jax.generate import GenerationConfig
     from vlrm_jax.generate.search import generate_jit
 
     hf, cap = G.build(args.vision, False, "float32", "cpu")
     pixels = jax.device_put(G.Bench(hf, cap, "cpu", 1).pixels(args.batch)[0])
-    cfg = GenerationConfig(max_new_tokens=args.new_tokens, ignore_eos=True, **G.Bench.kwargs(args.setting, args.new_tokens))
+    cfg = G.Bench.config(args.setting, args.new_tokens)
     inputs = (cap._graphdef, cfg, cap._state, pixels, jax.random.key(0))
 
     def call():
