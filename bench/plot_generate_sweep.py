@@ -21,7 +21,7 @@ from vlrm_jax.figure import saved_figure  # noqa: E402
 
 
 def rows_of(paths) -> list[dict]:
-    return [row for path in paths for row in json.load(open(path))["rows"] if row.get("ms_per_token")]
+    return [row for path in paths for row in json.loads(Path(path).read_text())["rows"] if row.get("ms_per_token")]
 
 
 def bounds_at(rows: list[dict], n: int = 30) -> dict[int, tuple[float, float]]:
